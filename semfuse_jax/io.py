@@ -1,0 +1,147 @@
+"""Reading images into float arrays and writing files atomically.
+
+Images enter the library as float32 ``[H, W, C]`` arrays in ``[0, 1]`` with ``C`` = 1 (grey) or
+3 (RGB). The rule for file modes:
+
+- ``L``, ``1`` and 16-bit grey (``I;16*``, ``I`` holding 0..65535) load as grey, scaled by the
+  mode's maximum; ``RGB``, ``YCbCr`` and palette images without transparency load as RGB.
+- ``RGBA``, ``LA``, ``PA`` and palette images with a transparency entry load only when every pixel
+  is opaque (the alpha is then dropped); otherwise they are refused: flatten them first.
+- ``CMYK``, ``F`` (float) and any other mode are refused: convert them to RGB or grey first.
+- EXIF orientation is applied.
+- An RGB image whose three channels agree to within ``GREY_TOLERANCE`` grey levels (of 255) at
+  every pixel is a grey image stored as RGB (common for JPEGs) and loads as grey: its luminance.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from semfuse_jax.errors import SemfuseError
+
+GREY_TOLERANCE = 4
+LUMA = np.array([0.299, 0.587, 0.114], np.float32)
+_GREY_MODES = {"1": 1.0, "L": 255.0, "I;16": 65535.0, "I;16B": 65535.0, "I;16L": 65535.0}
+_MAX_PIXELS = 1 << 28
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success rename it onto ``path``.
+
+    The temporary file keeps ``path``'s suffix (so writers that pick a format from it work) and is
+    removed if the body raises, so ``path`` is either untouched or complete.
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _open(path: Path) -> Image.Image:
+    if not path.is_file():
+        raise SemfuseError(f"cannot read image {path}: no such file")
+    try:
+        image = Image.open(path)
+        if image.width * image.height > _MAX_PIXELS:
+            raise SemfuseError(f"image {path} is {image.width}x{image.height}: too large")
+        image.load()
+        return ImageOps.exif_transpose(image)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise SemfuseError(f"cannot read image {path}: not a readable image ({exc})") from None
+    except Image.DecompressionBombError as exc:
+        raise SemfuseError(f"cannot read image {path}: {exc}") from None
+
+
+def _drop_opaque_alpha(image: Image.Image, path: Path) -> Image.Image:
+    alpha = np.asarray(image.getchannel(image.mode[-1]))
+    if alpha.min() < 255:
+        raise SemfuseError(f"image {path} ({image.mode}) has transparent pixels; flatten it first")
+    return image.convert("RGB" if image.mode in ("RGBA", "PA") else "L")
+
+
+def to_array(image: Image.Image, path: Path) -> np.ndarray:
+    """Convert a PIL image to float32 ``[H, W, 1|3]`` in ``[0, 1]`` by the module's mode rule."""
+    mode = image.mode
+    if mode == "P":
+        image = image.convert("RGBA") if "transparency" in image.info else image.convert("RGB")
+        mode = image.mode
+    if mode in ("RGBA", "LA", "PA"):
+        image = _drop_opaque_alpha(image, path)
+        mode = image.mode
+    if mode == "YCbCr":
+        image, mode = image.convert("RGB"), "RGB"
+    if mode == "I":
+        values = np.asarray(image)
+        if values.min() < 0 or values.max() > 65535:
+            raise SemfuseError(f"image {path} (32-bit integer) has values outside 0..65535")
+        return (values.astype(np.float32) / 65535.0)[..., None]
+    if mode in _GREY_MODES:
+        values = np.asarray(image).astype(np.float32)
+        return (values / _GREY_MODES[mode])[..., None]
+    if mode == "RGB":
+        rgb = np.asarray(image)
+        spread = rgb.max(axis=-1).astype(np.int16) - rgb.min(axis=-1)
+        rgb = rgb.astype(np.float32) / 255.0
+        if spread.max() <= GREY_TOLERANCE:
+            return (rgb @ LUMA)[..., None]
+        return rgb
+    raise SemfuseError(
+        f"image {path} has unsupported mode {mode}; convert it to RGB or greyscale first"
+    )
+
+
+def load_image(path: str | os.PathLike[str]) -> np.ndarray:
+    """Read an image file as float32 ``[H, W, 1|3]`` in ``[0, 1]`` (see the module docstring)."""
+    path = Path(path)
+    array = to_array(_open(path), path)
+    if array.size == 0:
+        raise SemfuseError(f"image {path} is empty")
+    return array
+
+
+def check_writable(path: str | os.PathLike[str], overwrite: bool = True) -> Path:
+    """Fail early, before any work, if ``path`` cannot be written (or exists and must not be)."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise SemfuseError(f"output {path} exists; pass --overwrite to replace it")
+    if path.is_dir():
+        raise SemfuseError(f"output {path} is a directory")
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise SemfuseError(f"cannot write {path}: folder {folder} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise SemfuseError(f"cannot write {path}: folder {folder} is not writable")
+    return path
+
+
+def save_image(path: str | os.PathLike[str], image: np.ndarray) -> None:
+    """Write float ``[H, W, 1|3]`` in ``[0, 1]`` as 8-bit grey or RGB, atomically.
+
+    The format follows the file suffix (PNG recommended: lossless). Values are clipped to ``[0, 1]``
+    and rounded; non-finite values are refused.
+    """
+    path = Path(path)
+    image = np.asarray(image, np.float32)
+    if not np.all(np.isfinite(image)):
+        raise SemfuseError(f"refusing to write {path}: the image holds NaN or Inf")
+    pixels = np.round(np.clip(image, 0.0, 1.0) * 255.0).astype(np.uint8)
+    pil = Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels)
+    try:
+        with atomic_path(path) as tmp:
+            pil.save(tmp)
+    except (OSError, ValueError, KeyError) as exc:
+        raise SemfuseError(f"cannot write {path}: {exc}") from None

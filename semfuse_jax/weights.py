@@ -1,0 +1,557 @@
+"""VGG19 weights: import from torchvision, timm and Keras files, one canonical file, loading.
+
+The canonical file is a safetensors file holding ``<layer>.kernel`` / ``<layer>.bias`` in the
+layout of :mod:`semfuse_jax.vgg19` (HWIO convs, ``[in, out]`` dense kernels, fc6 rows in NHWC
+order) and, in its metadata, the preprocessing the weights were trained with and a SHA-256 of the
+tensor contents that is checked on every load.
+
+Imports (all also readable directly by :func:`load_weights`):
+
+- torchvision ``vgg19-*.pth`` state dicts (needs torch; read with ``weights_only=True``, so no
+  pickled code ever runs): conv OIHW → HWIO ``transpose(2, 3, 1, 0)``; fc6 columns go from NCHW
+  flatten order ``c·49 + h·7 + w`` to NHWC ``(h·7 + w)·512 + c``.
+- timm ``vgg19.tv_in1k`` safetensors (no torch needed): the same weights with fc6/fc7 stored as
+  1×1 / 7×7 convolutions under ``pre_logits`` and fc8 under ``head.fc``.
+- Keras HDF5 weight files (``vgg19_weights_tf_dim_ordering_tf_kernels[_notop].h5``, or any
+  file with the Keras 2 ``layer_names``/``weight_names`` layout): kernels are already HWIO and fc1
+  rows already NHWC; these weights expect BGR, 0–255, mean-subtracted input.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from semfuse_jax import vgg19
+from semfuse_jax.errors import SemfuseError
+from semfuse_jax.io import atomic_path
+
+FORMAT = "semfuse_jax.vgg19/1"
+DEFAULT_FILENAME = "vgg19.safetensors"
+TORCHVISION_FEATURE_INDEX = dict(
+    zip(
+        vgg19.CONV_LAYERS, (0, 2, 5, 7, 10, 12, 14, 16, 19, 21, 23, 25, 28, 30, 32, 34), strict=True
+    )
+)
+TORCHVISION_CLASSIFIER = {"fc6": "classifier.0", "fc7": "classifier.3", "fc8": "classifier.6"}
+TIMM_CLASSIFIER = {"fc6": "pre_logits.fc1", "fc7": "pre_logits.fc2", "fc8": "head.fc"}
+KERAS_NAMES = {
+    **{f"block{c[4]}_conv{c[6]}": c for c in vgg19.CONV_LAYERS},
+    "fc1": "fc6",
+    "fc2": "fc7",
+    "predictions": "fc8",
+}
+_HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+
+Params = dict[str, dict[str, Any]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Preprocessing:
+    """How an RGB image in ``[0, 1]`` becomes network input: ``(x·scale)[order] − mean) / std``.
+
+    Attributes:
+      channel_order: ``"RGB"`` or ``"BGR"`` (the order the first conv's input channels expect).
+      scale: multiplier applied to ``[0, 1]`` pixels (1 for torchvision, 255 for Keras/Caffe).
+      mean: per-channel mean, in ``channel_order``.
+      std: per-channel standard deviation, in ``channel_order``.
+    """
+
+    channel_order: str
+    scale: float
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> Preprocessing:
+        try:
+            d = json.loads(text)
+            prep = cls(
+                str(d["channel_order"]), float(d["scale"]), tuple(d["mean"]), tuple(d["std"])
+            )
+        except (ValueError, KeyError, TypeError) as exc:
+            raise SemfuseError(f"invalid preprocessing metadata {text!r} ({exc})") from None
+        if prep.channel_order not in ("RGB", "BGR") or len(prep.mean) != 3 or len(prep.std) != 3:
+            raise SemfuseError(f"invalid preprocessing metadata {text!r}")
+        return prep
+
+
+TORCHVISION_PREPROCESSING = Preprocessing("RGB", 1.0, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+CAFFE_PREPROCESSING = Preprocessing("BGR", 255.0, (103.939, 116.779, 123.68), (1.0, 1.0, 1.0))
+
+
+def preprocess(images: jax.Array, prep: Preprocessing) -> jax.Array:
+    """Map RGB images in ``[0, 1]``, ``[..., H, W, 3]``, to the network input the weights expect."""
+    x = images * prep.scale
+    if prep.channel_order == "BGR":
+        x = x[..., ::-1]
+    return (x - jnp.asarray(prep.mean, x.dtype)) / jnp.asarray(prep.std, x.dtype)
+
+
+@flax.struct.dataclass
+class Weights:
+    """VGG19 parameters with the preprocessing they need; a pytree (``params`` are its leaves).
+
+    Attributes:
+      params: ``{layer: {'kernel': array, 'bias': array}}`` for the layers present.
+      preprocessing: see :class:`Preprocessing`.
+      source: where the weights came from (for messages and reports).
+    """
+
+    params: Params
+    preprocessing: Preprocessing = flax.struct.field(pytree_node=False)
+    source: str = flax.struct.field(pytree_node=False, default="")
+
+    @property
+    def layers(self) -> tuple[str, ...]:
+        return tuple(layer for layer in vgg19.PARAM_LAYERS if layer in self.params)
+
+    def require(self, outputs: tuple[str, ...]) -> None:
+        """Raise ``MissingLayersError`` unless these weights can compute ``outputs``."""
+        vgg19.check_params(self.params, outputs, self.source)
+
+    def features(self, images: jax.Array, outputs: tuple[str, ...]) -> dict[str, jax.Array]:
+        """Named VGG19 activations of RGB images in ``[0, 1]``, ``[B, H, W, 3]``."""
+        return vgg19.apply(self.params, preprocess(images, self.preprocessing), outputs)
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def validate_params(params: Mapping[str, Mapping[str, Any]], source: str) -> Params:
+    """Check names, shapes and dtypes against VGG19; return float32 numpy params.
+
+    Raises:
+      SemfuseError: naming the first offending layer, or if no layer is present.
+    """
+    out: Params = {}
+    for layer, tensors in params.items():
+        if layer not in vgg19.PARAM_SHAPES:
+            raise SemfuseError(f"weights {source}: unknown layer {layer!r}")
+        for part, shape in zip(("kernel", "bias"), vgg19.PARAM_SHAPES[layer], strict=True):
+            if part not in tensors:
+                raise SemfuseError(f"weights {source}: layer {layer} has no {part}")
+            value = np.asarray(tensors[part])
+            if value.dtype.kind != "f":
+                raise SemfuseError(
+                    f"weights {source}: layer {layer} {part} has dtype {value.dtype}, not float"
+                )
+            if value.shape != shape:
+                raise SemfuseError(
+                    f"weights {source}: layer {layer} {part} has shape {value.shape}, "
+                    f"expected {shape}"
+                )
+            if not np.all(np.isfinite(value)):
+                raise SemfuseError(f"weights {source}: layer {layer} {part} holds NaN or Inf")
+        out[layer] = {p: np.ascontiguousarray(tensors[p], np.float32) for p in ("kernel", "bias")}
+    if not out:
+        raise SemfuseError(f"weights {source}: no VGG19 layer found")
+    return out
+
+
+# ----------------------------------------------------------------------------- converters
+
+
+def from_torchvision(state: Mapping[str, np.ndarray], source: str = "torchvision") -> Params:
+    """Convert a torchvision-layout VGG19 state dict (numpy values) to canonical params.
+
+    Layers may be missing (partial networks are allowed); unknown keys are refused.
+    """
+    state = dict(state)
+    params: Params = {}
+    for layer, index in TORCHVISION_FEATURE_INDEX.items():
+        w, b = (
+            state.pop(f"features.{index}.weight", None),
+            state.pop(f"features.{index}.bias", None),
+        )
+        if w is not None or b is not None:
+            w = np.asarray(w)
+            if w.ndim != 4:
+                raise SemfuseError(f"weights {source}: layer {layer} weight has shape {w.shape}")
+            params[layer] = {"kernel": w.transpose(2, 3, 1, 0), "bias": b}
+    for layer, key in TORCHVISION_CLASSIFIER.items():
+        w, b = state.pop(f"{key}.weight", None), state.pop(f"{key}.bias", None)
+        if w is None and b is None:
+            continue
+        w = np.asarray(w)
+        if w.ndim == 4:  # timm stores fc6 as a 7x7 conv and fc7 as a 1x1 conv: [out, in, kh, kw]
+            w = w.transpose(0, 2, 3, 1).reshape(w.shape[0], -1)
+        elif layer == "fc6" and w.ndim == 2 and w.shape[1] == 512 * 49:
+            w = w.reshape(-1, 512, 7, 7).transpose(0, 2, 3, 1).reshape(w.shape[0], -1)
+        params[layer] = {"kernel": w.T, "bias": b}
+    if state:
+        extra = ", ".join(sorted(state)[:5])
+        raise SemfuseError(
+            f"weights {source}: unexpected keys ({extra}, ...); is this VGG19 without batch norm?"
+        )
+    return validate_params(params, source)
+
+
+def from_timm(state: Mapping[str, np.ndarray], source: str = "timm") -> Params:
+    """Convert a timm ``vgg19.tv_in1k`` state dict (numpy values) to canonical params."""
+    renamed = {}
+    for key, value in state.items():
+        for layer, timm_key in TIMM_CLASSIFIER.items():
+            if key.startswith(timm_key + "."):
+                key = TORCHVISION_CLASSIFIER[layer] + key[len(timm_key) :]
+        renamed[key] = value
+    return from_torchvision(renamed, source)
+
+
+def read_keras_h5(path: Path) -> Params:
+    """Read a Keras 2 HDF5 weights file (``layer_names`` / ``weight_names`` layout)."""
+    import h5py
+
+    params: Params = {}
+    try:
+        with h5py.File(path, "r") as f:
+            root = f.get("model_weights", f)
+            if "layer_names" not in root.attrs:
+                raise SemfuseError(f"weights {path}: HDF5 file without Keras 'layer_names'")
+            for raw in root.attrs["layer_names"]:
+                name = raw.decode() if isinstance(raw, bytes) else str(raw)
+                group = root[name]
+                names = [
+                    n.decode() if isinstance(n, bytes) else n for n in group.attrs["weight_names"]
+                ]
+                if not names:
+                    continue
+                if name not in KERAS_NAMES:
+                    raise SemfuseError(f"weights {path}: unexpected Keras layer {name!r}")
+                arrays = [np.asarray(group[n]) for n in names]
+                kernels = [a for a in arrays if a.ndim > 1]
+                biases = [a for a in arrays if a.ndim == 1]
+                if len(kernels) != 1 or len(biases) != 1:
+                    raise SemfuseError(f"weights {path}: Keras layer {name} is not kernel + bias")
+                params[KERAS_NAMES[name]] = {"kernel": kernels[0], "bias": biases[0]}
+    except (OSError, KeyError) as exc:
+        raise SemfuseError(f"weights {path}: unreadable HDF5 file ({exc})") from None
+    return validate_params(params, str(path))
+
+
+def read_torch_pth(path: Path) -> dict[str, np.ndarray]:
+    """Read a ``.pth`` state dict via ``torch.load(weights_only=True)``: never plain unpickling."""
+    try:
+        import torch
+    except ImportError:
+        raise SemfuseError(
+            f"weights {path}: reading .pth files needs torch (pip install torch); or convert it "
+            "on a machine with torch: semfuse-weights convert --src=FILE --out=vgg19.safetensors"
+        ) from None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types (UnpicklingError, RuntimeError, ...)
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise SemfuseError(f"weights {path}: refused or unreadable .pth file ({first})") from None
+    if not isinstance(state, Mapping) or not all(
+        isinstance(v, torch.Tensor) for v in state.values()
+    ):
+        raise SemfuseError(f"weights {path}: not a state dict of tensors")
+    return {k: v.detach().float().numpy() for k, v in state.items()}
+
+
+# ----------------------------------------------------------------------------- canonical file
+
+
+def content_digest(params: Params) -> str:
+    """SHA-256 over layer names, shapes and float32 bytes, in canonical layer order."""
+    h = hashlib.sha256()
+    for layer in vgg19.PARAM_LAYERS:
+        for part in ("kernel", "bias"):
+            if layer in params:
+                value = np.ascontiguousarray(params[layer][part], np.float32)
+                h.update(f"{layer}.{part}{value.shape}".encode())
+                h.update(value.tobytes())
+    return h.hexdigest()
+
+
+def save_canonical(
+    path: str | os.PathLike[str],
+    params: Params,
+    preprocessing: Preprocessing,
+    source: str,
+    source_sha256: str = "",
+) -> None:
+    """Write params + preprocessing + digests as one safetensors file, atomically."""
+    from safetensors.numpy import save_file
+
+    params = validate_params(params, source)
+    tensors = {f"{layer}.{part}": v for layer, p in params.items() for part, v in p.items()}
+    metadata = {
+        "format": FORMAT,
+        "preprocessing": preprocessing.to_json(),
+        "layers": ",".join(layer for layer in vgg19.PARAM_LAYERS if layer in params),
+        "content_sha256": content_digest(params),
+        "source": source,
+        "source_sha256": source_sha256,
+    }
+    with atomic_path(path) as tmp:
+        save_file(tensors, tmp, metadata=metadata)
+
+
+def _read_safetensors(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(path, framework="numpy") as f:
+            names = list(f.keys())
+            return {k: f.get_tensor(k) for k in names}, dict(f.metadata() or {})
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise SemfuseError(f"weights {path}: unreadable safetensors file ({exc})") from None
+
+
+# ----------------------------------------------------------------------------- manifest
+
+
+def manifest() -> dict[str, dict[str, Any]]:
+    """Known weight sources (``weights/manifest.json``): name → url, filename, digests, format."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "manifest.json", here.parent / "weights" / "manifest.json"):
+        if candidate.is_file():
+            return json.loads(candidate.read_text())["sources"]
+    raise SemfuseError("weights manifest not found (broken installation)")
+
+
+def file_digests(path: Path) -> dict[str, str]:
+    """SHA-256 and MD5 of a file's bytes."""
+    sha, md5 = hashlib.sha256(), hashlib.md5()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            sha.update(chunk)
+            md5.update(chunk)
+    return {"sha256": sha.hexdigest(), "md5": md5.hexdigest()}
+
+
+def verify_known_source(path: Path, entry: Mapping[str, Any], digests: Mapping[str, str]) -> None:
+    """Compare a file's digests with every digest the manifest pins for it."""
+    checks = [
+        ("sha256", entry.get("sha256"), digests["sha256"]),
+        (
+            "sha256 prefix",
+            entry.get("sha256_prefix"),
+            digests["sha256"][: len(entry.get("sha256_prefix") or "")],
+        ),
+        ("md5", entry.get("md5"), digests["md5"]),
+    ]
+    for kind, expected, actual in checks:
+        if expected and expected != actual:
+            raise SemfuseError(
+                f"weights {path}: {kind} {actual} does not match the pinned {expected}; "
+                "the file is corrupt or not the published one"
+            )
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def cache_dir() -> Path:
+    """Per-user cache: ``$SEMFUSE_CACHE``, else ``${XDG_CACHE_HOME:-~/.cache}/semfuse_jax``."""
+    if os.environ.get("SEMFUSE_CACHE"):
+        return Path(os.environ["SEMFUSE_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "semfuse_jax"
+
+
+def resolve_path(path: str | os.PathLike[str] | None = None) -> Path:
+    """The weights file to use: ``path``, else ``$SEMFUSE_WEIGHTS``, else the cache's default."""
+    if path:
+        chosen, how = Path(path), "given"
+    elif os.environ.get("SEMFUSE_WEIGHTS"):
+        chosen, how = Path(os.environ["SEMFUSE_WEIGHTS"]), "from $SEMFUSE_WEIGHTS"
+    else:
+        chosen, how = cache_dir() / DEFAULT_FILENAME, "default"
+        if not chosen.is_file():
+            raise SemfuseError(
+                f"no VGG19 weights: {chosen} does not exist; run `semfuse-weights download` "
+                "or name a weights file (--weights=FILE or SEMFUSE_WEIGHTS)"
+            )
+    if not chosen.is_file():
+        raise SemfuseError(f"weights file {chosen} ({how}) does not exist")
+    return chosen
+
+
+def read_any(
+    path: Path, expected_sha256: str | None = None
+) -> tuple[Params, Preprocessing, dict[str, str]]:
+    """Read and convert any supported weights file.
+
+    The format is detected from the content. Files whose name matches a manifest entry are checked
+    against its pinned digests; canonical files against their embedded content digest.
+
+    Returns:
+      ``(params, preprocessing, info)`` with ``info`` holding ``format``, ``source`` and
+      ``source_sha256``.
+    """
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if not head:
+        raise SemfuseError(f"weights {path}: empty file")
+    digests = file_digests(path)
+    if expected_sha256 and digests["sha256"] != expected_sha256.lower():
+        raise SemfuseError(
+            f"weights {path}: sha256 {digests['sha256']} is not the expected {expected_sha256}"
+        )
+    for entry in manifest().values():
+        if entry.get("filename") == path.name:
+            verify_known_source(path, entry, digests)
+    info = {"source": path.name, "source_sha256": digests["sha256"]}
+    if head.startswith(_HDF5_MAGIC):
+        return read_keras_h5(path), CAFFE_PREPROCESSING, {**info, "format": "keras-h5"}
+    if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
+        return (
+            from_torchvision(read_torch_pth(path), str(path)),
+            TORCHVISION_PREPROCESSING,
+            {
+                **info,
+                "format": "torchvision-pth",
+            },
+        )
+    header_len = int.from_bytes(head[:8], "little")
+    if len(head) > 8 and head[8:9] == b"{" and 0 < header_len < (1 << 27):
+        tensors, meta = _read_safetensors(path)
+        if meta.get("format") == FORMAT:
+            params: Params = {}
+            for key, value in tensors.items():
+                layer, _, part = key.partition(".")
+                params.setdefault(layer, {})[part] = value
+            params = validate_params(params, str(path))
+            if content_digest(params) != meta.get("content_sha256"):
+                raise SemfuseError(
+                    f"weights {path}: tensor contents do not match the file's content_sha256; "
+                    "the file is corrupt"
+                )
+            info = {
+                "source": meta.get("source", path.name),
+                "source_sha256": meta.get("source_sha256", ""),
+            }
+            return (
+                params,
+                Preprocessing.from_json(meta.get("preprocessing", "")),
+                {
+                    **info,
+                    "format": FORMAT,
+                },
+            )
+        return (
+            from_timm(tensors, str(path)),
+            TORCHVISION_PREPROCESSING,
+            {**info, "format": "timm-safetensors"},
+        )
+    raise SemfuseError(
+        f"weights {path}: unknown format (expected .safetensors, Keras .h5 or torchvision .pth)"
+    )
+
+
+def load_weights(
+    path: str | os.PathLike[str] | None = None,
+    outputs: tuple[str, ...] | None = None,
+    expected_sha256: str | None = None,
+) -> Weights:
+    """Load VGG19 weights (any supported format) as device arrays.
+
+    Args:
+      path: weights file; ``None`` uses ``$SEMFUSE_WEIGHTS`` or the per-user cache.
+      outputs: if given, fail now, with the missing layers named, unless these outputs can be
+        computed.
+      expected_sha256: if given, the file's SHA-256 must match.
+    """
+    resolved = resolve_path(path)
+    params, prep, _ = read_any(resolved, expected_sha256)
+    weights = Weights(
+        params=jax.tree.map(jnp.asarray, params), preprocessing=prep, source=str(resolved)
+    )
+    if outputs is not None:
+        weights.require(outputs)
+    return weights
+
+
+def convert(src: str | os.PathLike[str], out: str | os.PathLike[str]) -> dict[str, str]:
+    """Convert any supported weights file to the canonical safetensors file; returns its info."""
+    src_path = Path(src)
+    if not src_path.is_file():
+        raise SemfuseError(f"weights file {src_path} does not exist")
+    params, prep, info = read_any(src_path)
+    save_canonical(out, params, prep, info["source"], info["source_sha256"])
+    return describe(Path(out))
+
+
+def describe(path: str | os.PathLike[str]) -> dict[str, str]:
+    """What a weights file holds: format, layers, preprocessing, digests."""
+    path = Path(path)
+    if not path.is_file():
+        raise SemfuseError(f"weights file {path} does not exist")
+    params, prep, info = read_any(path)
+    return {
+        "path": str(path),
+        "format": info["format"],
+        "layers": ",".join(layer for layer in vgg19.PARAM_LAYERS if layer in params),
+        "missing": ",".join(layer for layer in vgg19.PARAM_LAYERS if layer not in params),
+        "preprocessing": prep.to_json(),
+        "file_sha256": file_digests(path)["sha256"],
+        "content_sha256": content_digest(params),
+        "source": info["source"],
+        "source_sha256": info["source_sha256"],
+    }
+
+
+def download(name: str, dest_dir: Path | None = None, trust_unpinned: bool = False) -> Path:
+    """Fetch a known source into ``<cache>/sources``, verify it, convert to the canonical file.
+
+    A source file already present in ``<cache>/sources`` is used without downloading (the way to
+    install weights on an offline machine). Returns the canonical file's path.
+    """
+    sources = manifest()
+    if name not in sources:
+        raise SemfuseError(f"unknown weights source {name!r}; known: {', '.join(sorted(sources))}")
+    entry = sources[name]
+    dest_dir = dest_dir or cache_dir()
+    raw = dest_dir / "sources" / entry["filename"]
+    if not raw.is_file():
+        if not entry.get("url"):
+            raise SemfuseError(
+                f"source {name} has no public URL; place {entry['filename']} at {raw} and run again"
+            )
+        if (
+            not (entry.get("sha256") or entry.get("sha256_prefix") or entry.get("md5"))
+            and not trust_unpinned
+        ):
+            raise SemfuseError(
+                f"source {name} has no pinned digest; pass --trust_unpinned to accept it unverified"
+            )
+        raw.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with (
+                urllib.request.urlopen(entry["url"], timeout=60) as response,
+                atomic_path(raw) as tmp,
+                open(tmp, "wb") as f,
+            ):
+                for chunk in iter(lambda: response.read(1 << 20), b""):
+                    f.write(chunk)
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise SemfuseError(
+                f"cannot download {name} from {entry['url']} ({reason}); on a machine with "
+                f"internet fetch that URL and place the file at {raw}, then run "
+                f"`semfuse-weights download --source={name}` again"
+            ) from None
+    digests = file_digests(raw)
+    verify_known_source(raw, entry, digests)
+    out = dest_dir / DEFAULT_FILENAME
+    params, prep, _ = read_any(raw)
+    save_canonical(out, params, prep, f"{name}:{entry['filename']}", digests["sha256"])
+    return out

@@ -1,0 +1,135 @@
+"""Shared fixtures: locations of the shared data/weights, a torch reference VGG19, helpers."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+jax.config.update("jax_default_matmul_precision", "highest")
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_WEIGHTS_FILE = "vgg19_imagenet_keras_block1-3.h5"
+
+
+def _shared_dir(variable: str, default: Path) -> Path:
+    """A shared folder from ``variable`` (set by .ci/run); missing is a failure in CI."""
+    explicit = os.environ.get(variable)
+    path = Path(explicit) if explicit else default
+    if not path.is_dir():
+        message = f"{variable}={path} is not a folder"
+        if explicit or os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(f"{message}; set {variable} to run tests on the shared files")
+    return path
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """``../shared/data`` (or ``$SEMFUSE_TEST_DATA``)."""
+    return _shared_dir("SEMFUSE_TEST_DATA", REPO.parent / "shared" / "data")
+
+
+@pytest.fixture(scope="session")
+def real_weights_file() -> Path:
+    """The real Keras ImageNet VGG19 blocks 1-3 file (from ``$SEMFUSE_TEST_WEIGHTS``)."""
+    folder = _shared_dir("SEMFUSE_TEST_WEIGHTS", REPO.parent / "shared" / "weights")
+    path = folder / SHARED_WEIGHTS_FILE
+    if not path.is_file():
+        pytest.fail(f"{path} is missing")
+    return path
+
+
+def rel_err(actual: np.ndarray, expected: np.ndarray) -> float:
+    """max |actual − expected| / max |expected|."""
+    actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
+    return float(np.max(np.abs(actual - expected)) / np.max(np.abs(expected)))
+
+
+def assert_trees_all_close(actual: Mapping, expected: Mapping, **kw: float) -> None:
+    """``np.testing.assert_allclose`` on every leaf of two pytrees of the same structure."""
+    assert jax.tree.structure(actual) == jax.tree.structure(expected)
+    for a, e in zip(jax.tree.leaves(actual), jax.tree.leaves(expected), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(e), **kw)
+
+
+@pytest.fixture(scope="session")
+def torch_vgg19():
+    """A VGG19 built from torch.nn in torchvision's layout (key names), random weights."""
+    torch = pytest.importorskip("torch")
+    nn = torch.nn
+    torch.manual_seed(0)
+    layers: list = []
+    cin = 3
+    for n, width in zip((2, 2, 4, 4, 4), (64, 128, 256, 512, 512), strict=True):
+        for _ in range(n):
+            layers += [nn.Conv2d(cin, width, 3, padding=1), nn.ReLU(inplace=False)]
+            cin = width
+        layers.append(nn.MaxPool2d(2, 2))
+
+    class TorchVGG19(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.features = nn.Sequential(*layers)
+            self.avgpool = nn.AdaptiveAvgPool2d((7, 7))
+            self.classifier = nn.Sequential(
+                nn.Linear(512 * 49, 4096),
+                nn.ReLU(),
+                nn.Dropout(),
+                nn.Linear(4096, 4096),
+                nn.ReLU(),
+                nn.Dropout(),
+                nn.Linear(4096, 1000),
+            )
+
+    model = TorchVGG19().eval()
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.Conv2d | nn.Linear):
+                nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+                nn.init.normal_(module.bias, std=0.05)
+    return model
+
+
+@pytest.fixture(scope="session")
+def torch_state(torch_vgg19) -> dict[str, np.ndarray]:
+    """The torch model's state dict as numpy arrays."""
+    return {k: v.detach().numpy().copy() for k, v in torch_vgg19.state_dict().items()}
+
+
+@pytest.fixture(scope="session")
+def pth_file(torch_vgg19, tmp_path_factory) -> Path:
+    """The torch model's state dict saved with ``torch.save`` (torchvision file layout)."""
+    import torch
+
+    path = tmp_path_factory.mktemp("pth") / "vgg19-random.pth"
+    torch.save(torch_vgg19.state_dict(), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def full_weights_file(pth_file, tmp_path_factory) -> Path:
+    """A full random-weights canonical file (converted from ``pth_file``)."""
+    from semfuse_jax import weights
+
+    path = tmp_path_factory.mktemp("canonical") / "vgg19-random.safetensors"
+    weights.convert(pth_file, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def real_weights(real_weights_file):
+    from semfuse_jax import weights
+
+    return weights.load_weights(real_weights_file)
+
+
+@pytest.fixture(scope="session")
+def full_weights(full_weights_file):
+    from semfuse_jax import weights
+
+    return weights.load_weights(full_weights_file)
