@@ -139,9 +139,13 @@ def save_image(path: str | os.PathLike[str], image: np.ndarray) -> None:
     if not np.all(np.isfinite(image)):
         raise SemfuseError(f"refusing to write {path}: the image holds NaN or Inf")
     pixels = np.round(np.clip(image, 0.0, 1.0) * 255.0).astype(np.uint8)
-    pil = Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels)
+    write_pil(path, Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels))
+
+
+def write_pil(path: str | os.PathLike[str], image: Image.Image) -> None:
+    """Save a PIL image atomically; the format follows the suffix."""
     try:
         with atomic_path(path) as tmp:
-            pil.save(tmp)
+            image.save(tmp)
     except (OSError, ValueError, KeyError) as exc:
         raise SemfuseError(f"cannot write {path}: {exc}") from None

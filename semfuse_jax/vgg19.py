@@ -13,7 +13,7 @@ Named outputs (any subset can be requested; only the layers up to the deepest on
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -103,66 +103,86 @@ class VGG19(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array, outputs: Sequence[str]) -> dict[str, jax.Array]:
+    def __call__(
+        self,
+        x: jax.Array,
+        outputs: Sequence[str],
+        taps: Mapping[str, jax.Array] | None = None,
+    ) -> dict[str, jax.Array]:
         """Run the network on a preprocessed batch.
 
         Args:
           x: ``[B, H, W, 3]`` network input (already preprocessed, see ``weights.preprocess``).
           outputs: names to return (see the module docstring).
+          taps: optional ``{name: array}`` added to the named activations as they are computed;
+            the gradient of anything with respect to a zero tap is the gradient with respect to
+            that activation (how Grad-CAM differentiates the class score).
 
         Returns:
           ``{name: array}``; conv/relu/pool maps are ``[B, h, w, C]``, fc6/fc7 ``[B, 4096]``,
           logits ``[B, 1000]``.
         """
         wanted = set(check_outputs(outputs))
+        taps = taps or {}
         result: dict[str, jax.Array] = {}
 
-        def keep(name: str, value: jax.Array) -> bool:
+        def mark(name: str, value: jax.Array) -> jax.Array:
+            if name in taps:
+                value = value + taps[name]
             if name in wanted:
                 result[name] = value
+            return value
+
+        def done() -> bool:
             return len(result) == len(wanted)
 
         x = x.astype(self.dtype)
         for b, (n, width) in enumerate(zip(BLOCKS, WIDTHS, strict=True)):
             for i in range(n):
                 name = f"{b + 1}_{i + 1}"
-                x = nn.Conv(
+                conv = nn.Conv(
                     width, (3, 3), padding=((1, 1), (1, 1)), dtype=self.dtype, name=f"conv{name}"
-                )(x)
-                if keep(f"conv{name}", x):
+                )
+                x = mark(f"conv{name}", conv(x))
+                if done():
                     return result
-                x = nn.relu(x)
-                if keep(f"relu{name}", x):
+                x = mark(f"relu{name}", nn.relu(x))
+                if done():
                     return result
-            x = nn.max_pool(x, (2, 2), strides=(2, 2))
-            if keep(f"pool{b + 1}", x):
+            x = mark(f"pool{b + 1}", nn.max_pool(x, (2, 2), strides=(2, 2)))
+            if done():
                 return result
 
         ph = jnp.asarray(adaptive_avg_pool_matrix(x.shape[1]), self.dtype)
         pw = jnp.asarray(adaptive_avg_pool_matrix(x.shape[2]), self.dtype)
-        x = jnp.einsum("ih,bhwc,jw->bijc", ph, x, pw)
-        x = x.reshape(x.shape[0], -1)
-        x = nn.Dense(4096, dtype=self.dtype, name="fc6")(x)
-        if keep("fc6", x):
-            return result
-        x = nn.Dense(4096, dtype=self.dtype, name="fc7")(nn.relu(x))
-        if keep("fc7", x):
-            return result
-        x = nn.Dense(1000, dtype=self.dtype, name="fc8")(nn.relu(x))
-        keep("logits", x)
+        x = jnp.einsum("ih,bhwc,jw->bijc", ph, x, pw).reshape(x.shape[0], -1)
+        for name, layer, width in (
+            ("fc6", "fc6", 4096),
+            ("fc7", "fc7", 4096),
+            ("logits", "fc8", 1000),
+        ):
+            if name != "fc6":
+                x = nn.relu(x)
+            x = mark(name, nn.Dense(width, dtype=self.dtype, name=layer)(x))
+            if done():
+                break
         return result
 
 
 def apply(
-    params: dict[str, Any], x: jax.Array, outputs: Sequence[str], dtype: Any = jnp.float32
+    params: Mapping[str, Any],
+    x: jax.Array,
+    outputs: Sequence[str],
+    taps: Mapping[str, jax.Array] | None = None,
+    dtype: Any = jnp.float32,
 ) -> dict[str, jax.Array]:
-    """Functional forward pass: ``VGG19(dtype).apply({'params': params}, x, outputs)``.
+    """Functional forward pass: ``VGG19(dtype).apply({'params': params}, x, outputs, taps)``.
 
     ``params`` maps layer names to ``{'kernel', 'bias'}``; it may hold only some layers, as long as
     it holds every layer ``outputs`` need. Wrap in ``jax.jit(..., static_argnames=('outputs',
     'dtype'))`` or call inside a jitted function.
     """
-    return VGG19(dtype=dtype).apply({"params": params}, x, tuple(outputs))
+    return VGG19(dtype=dtype).apply({"params": params}, x, tuple(outputs), taps)
 
 
 def init_params(key: jax.Array, layers: Sequence[str] = PARAM_LAYERS) -> dict[str, Any]:

@@ -125,9 +125,22 @@ class Weights:
         """Raise ``MissingLayersError`` unless these weights can compute ``outputs``."""
         vgg19.check_params(self.params, outputs, self.source)
 
-    def features(self, images: jax.Array, outputs: tuple[str, ...]) -> dict[str, jax.Array]:
-        """Named VGG19 activations of RGB images in ``[0, 1]``, ``[B, H, W, 3]``."""
-        return vgg19.apply(self.params, preprocess(images, self.preprocessing), outputs)
+    def features(
+        self,
+        images: jax.Array,
+        outputs: tuple[str, ...],
+        taps: Mapping[str, jax.Array] | None = None,
+        dtype: Any = jnp.float32,
+    ) -> dict[str, jax.Array]:
+        """Named VGG19 activations of RGB images in ``[0, 1]``, ``[B, H, W, 3]``.
+
+        A grey batch ``[B, H, W, 1]`` is replicated to three channels first.
+        """
+        if images.shape[-1] == 1:
+            images = jnp.repeat(images, 3, axis=-1)
+        return vgg19.apply(
+            self.params, preprocess(images, self.preprocessing), outputs, taps, dtype
+        )
 
 
 # ----------------------------------------------------------------------------- validation

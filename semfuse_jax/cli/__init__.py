@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -24,4 +25,5 @@ def run_guarded(main: Callable[[Sequence[str]], int | None]) -> None:
             sys.stderr.write(f"{Path(sys.argv[0]).name}: interrupted\n")
             return 130
 
+    logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # no backend-probe noise
     app.run(guarded)

@@ -1,0 +1,316 @@
+"""semfuse-fuse: fuse registered images with FM0–FM3.
+
+One set:
+  semfuse-fuse --inputs=A.png,B.png --output=F.png [--method=fm0] [--report=r.json]
+               [--figure=sheet.png]
+Many sets (same-size sets are fused together as vmapped batches):
+  semfuse-fuse --pairs=manifest.csv --output_dir=DIR [--batch_size=8]
+A manifest line is ``name,input1,input2[,input3...]`` (paths relative to the manifest's folder;
+blank lines and lines starting with ``#`` are ignored); set ``name`` is written to DIR/name.png.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import platform
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import flax
+import jax
+import numpy as np
+import optax
+from absl import flags, logging
+
+import semfuse_jax
+from semfuse_jax import fusion, io, weights
+from semfuse_jax.cli import run_guarded
+from semfuse_jax.errors import SemfuseError
+from semfuse_jax.figure import contact_sheet
+from semfuse_jax.optimise import Schedule
+
+_INPUTS = flags.DEFINE_list("inputs", None, "Comma-separated input images of one set (N >= 2).")
+_OUTPUT = flags.DEFINE_string("output", None, "Fused image to write (PNG recommended).")
+_PAIRS = flags.DEFINE_string("pairs", None, "Batch mode: CSV manifest, `name,input1,input2,...`.")
+_OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Batch mode: folder for NAME.png outputs.")
+_BATCH = flags.DEFINE_integer("batch_size", 8, "Batch mode: sets fused together (same size).")
+_METHOD = flags.DEFINE_enum("method", "fm0", fusion.METHODS, "Fusion method.")
+_WEIGHTS = flags.DEFINE_string(
+    "weights", None, "VGG19 weights file (default: $SEMFUSE_WEIGHTS/cache)."
+)
+_EPOCHS = flags.DEFINE_integer("epochs", 100, "Adam epochs (learning rate changes per epoch).")
+_ITERS = flags.DEFINE_integer("iters", 100, "Adam steps per epoch.")
+_LR = flags.DEFINE_float("lr", 1.0, "Initial Adam learning rate, grey levels (of 255) per step.")
+_LR_DECAY = flags.DEFINE_float("lr_decay", 0.95, "Learning-rate multiplier after each epoch.")
+_TOL = flags.DEFINE_float("tol", 0.0, "Stop when an epoch improves the loss by < tol (0: never).")
+_LAYERS = flags.DEFINE_list("layers", ["conv1_1"], "VGG19 conv outputs in the feature loss.")
+_SEED = flags.DEFINE_integer("seed", 0, "PRNG seed (used by --init_noise).")
+_INIT_NOISE = flags.DEFINE_float("init_noise", 0.0, "Std of noise added to the initial mean image.")
+_TOP_K = flags.DEFINE_integer("top_k", 1, "Classes combined in each Grad-CAM (FM2/FM3).")
+_CLASS = flags.DEFINE_integer("target_class", None, "ImageNet class for every Grad-CAM.")
+_CAM_LAYERS = flags.DEFINE_list("cam_layers", ["conv3_4", "conv4_4", "conv5_4"], "Grad-CAM layers.")
+_FM2_TARGET = flags.DEFINE_enum(
+    "fm2_target", "original", ["original", "weighted"], "FM2 target values."
+)
+_REPORT = flags.DEFINE_string("report", None, "Write a JSON report here.")
+_FIGURE = flags.DEFINE_string("figure", None, "Write a Figure-3 style contact sheet (one set).")
+_LABELS = flags.DEFINE_string("labels", None, "Text file of 1000 ImageNet class names, one a line.")
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace existing output files.")
+
+
+def config_from_flags() -> fusion.FusionConfig:
+    schedule = Schedule(
+        epochs=_EPOCHS.value,
+        iters=_ITERS.value,
+        lr=_LR.value,
+        lr_decay=_LR_DECAY.value,
+        tol=_TOL.value,
+    )
+    return fusion.FusionConfig(
+        method=_METHOD.value,
+        layers=tuple(_LAYERS.value),
+        schedule=schedule,
+        top_k=_TOP_K.value,
+        target_class=_CLASS.value,
+        cam_layers=tuple(_CAM_LAYERS.value),
+        fm2_weighted_target=_FM2_TARGET.value == "weighted",
+        init_noise=_INIT_NOISE.value,
+        seed=_SEED.value,
+    )
+
+
+def read_manifest(path: Path) -> list[tuple[str, list[Path]]]:
+    """Parse a batch manifest into ``(name, input paths)`` rows."""
+    if not path.is_file():
+        raise SemfuseError(f"manifest {path} does not exist")
+    rows, names = [], set()
+    with open(path, newline="") as f:
+        for number, row in enumerate(csv.reader(f), start=1):
+            row = [cell.strip() for cell in row]
+            if not row or not row[0] or row[0].startswith("#"):
+                continue
+            name, inputs = row[0], [p for p in row[1:] if p]
+            if len(inputs) < 2 or "/" in name or name in names:
+                raise SemfuseError(
+                    f"manifest {path} line {number}: need a unique name (no '/') and >= 2 inputs"
+                )
+            names.add(name)
+            rows.append((name, [path.parent / p for p in inputs]))
+    if not rows:
+        raise SemfuseError(f"manifest {path} lists no sets")
+    return rows
+
+
+def check_output(path: Path, inputs: Sequence[Path]) -> Path:
+    """Refuse an output that is an input, exists (without --overwrite) or cannot be written."""
+    if any(path.resolve() == Path(p).resolve() for p in inputs):
+        raise SemfuseError(f"output {path} is one of the inputs; refusing to overwrite it")
+    return io.check_writable(path, overwrite=_OVERWRITE.value)
+
+
+def log_progress(epoch: int, epochs: int, losses: np.ndarray, elapsed: float) -> None:
+    eta = elapsed / epoch * (epochs - epoch)
+    logging.info(
+        "epoch %d/%d  loss %s  %.1fs elapsed, ETA %.0fs",
+        epoch,
+        epochs,
+        " ".join(f"{x:.4g}" for x in losses),
+        elapsed,
+        eta,
+    )
+
+
+def class_report(
+    w: weights.Weights, inputs: np.ndarray, fused: np.ndarray, labels: list[str] | None
+) -> dict[str, Any] | None:
+    """Top-5 classes and probabilities of each input and of the result (Table 2 of the paper)."""
+    if "fc8" not in w.params:
+        return None
+
+    def named(rows: list[list[tuple[int, float]]]) -> list[list[dict[str, Any]]]:
+        return [
+            [
+                {"class": c, "probability": p, **({"label": labels[c]} if labels else {})}
+                for c, p in row
+            ]
+            for row in rows
+        ]
+
+    return {
+        "inputs": named(fusion.top_classes(np.asarray(fusion.classify(w, inputs)))),
+        "fused": named(fusion.top_classes(np.asarray(fusion.classify(w, fused[None]))))[0],
+    }
+
+
+def run_info(w: weights.Weights, config: fusion.FusionConfig) -> dict[str, Any]:
+    """Settings, weights and environment shared by every record of a run."""
+    s = config.schedule
+    return {
+        "method": config.method,
+        "settings": {
+            "epochs": s.epochs,
+            "iters": s.iters,
+            "lr": s.lr,
+            "lr_decay": s.lr_decay,
+            "tol": s.tol,
+            "layers": list(config.layers),
+            "seed": config.seed,
+            "init_noise": config.init_noise,
+            "top_k": config.top_k,
+            "target_class": config.target_class,
+            "cam_layers": list(config.cam_layers),
+            "fm2_target": "weighted" if config.fm2_weighted_target else "original",
+        },
+        "weights": w.source,
+        "versions": {
+            "semfuse_jax": semfuse_jax.__version__,
+            "jax": jax.__version__,
+            "flax": flax.__version__,
+            "optax": optax.__version__,
+            "python": platform.python_version(),
+        },
+        "device": str(jax.devices()[0]),
+    }
+
+
+def fuse_batch(
+    w: weights.Weights,
+    config: fusion.FusionConfig,
+    names: list[str],
+    sets: list[np.ndarray],
+    outputs: list[Path],
+    labels: list[str] | None,
+) -> tuple[list[dict[str, Any]], fusion.FusionResult]:
+    """Fuse same-shape sets together, write each output, return per-set records."""
+    start = time.perf_counter()
+    result = fusion.fuse(w, np.stack(sets), config, progress=log_progress)
+    seconds = time.perf_counter() - start
+    records = []
+    for b, (name, out) in enumerate(zip(names, outputs, strict=True)):
+        io.save_image(out, result.fused[b])
+        record: dict[str, Any] = {
+            "name": name,
+            "output": str(out),
+            "steps": result.steps,
+            "final_loss": None
+            if result.loss_history is None
+            else float(result.loss_history[-1, b]),
+            "loss_history": None
+            if result.loss_history is None
+            else [float(x) for x in result.loss_history[:, b]],
+            "optimise_seconds": result.optimise_seconds,
+            "compile_seconds": result.compile_seconds,
+            "batch_seconds": seconds,
+            "batch_size": len(names),
+        }
+        classes = class_report(w, sets[b], result.fused[b], labels)
+        if classes is not None:
+            record["classes"] = classes
+        records.append(record)
+        logging.info("wrote %s", out)
+    return records, result
+
+
+def read_labels() -> list[str] | None:
+    if not _LABELS.value:
+        return None
+    path = Path(_LABELS.value)
+    try:
+        labels = path.read_text().splitlines()
+    except OSError as exc:
+        raise SemfuseError(f"cannot read labels {path}: {exc.strerror}") from None
+    if len(labels) != 1000:
+        raise SemfuseError(f"labels {path} has {len(labels)} lines, expected 1000")
+    return labels
+
+
+def write_report(record: dict[str, Any]) -> None:
+    if _REPORT.value:
+        path = Path(_REPORT.value)
+        with io.atomic_path(path) as tmp:
+            tmp.write_text(json.dumps(record, indent=2) + "\n")
+        logging.info("wrote %s", path)
+
+
+def load_weights(config: fusion.FusionConfig) -> weights.Weights:
+    return weights.load_weights(_WEIGHTS.value, outputs=config.required_outputs)
+
+
+def fuse_one(config: fusion.FusionConfig, labels: list[str] | None) -> int:
+    inputs = [Path(p) for p in _INPUTS.value]
+    output = check_output(Path(_OUTPUT.value), inputs)
+    for extra in (_REPORT.value, _FIGURE.value):
+        if extra:
+            check_output(Path(extra), inputs)
+    images = fusion.stack_set([io.load_image(p) for p in inputs])
+    w = load_weights(config)
+    records, result = fuse_batch(w, config, [output.stem], [images], [output], labels)
+    if _FIGURE.value:
+        sheet = contact_sheet(
+            images,
+            result.fused[0],
+            result.average[0],
+            None if result.probabilities is None else result.probabilities[0],
+            None if result.mixing is None else result.mixing[0],
+        )
+        io.write_pil(Path(_FIGURE.value), sheet)
+        logging.info("wrote %s", _FIGURE.value)
+    write_report({**run_info(w, config), **records[0], "inputs": [str(p) for p in inputs]})
+    return 0
+
+
+def fuse_many(config: fusion.FusionConfig, labels: list[str] | None) -> int:
+    rows = read_manifest(Path(_PAIRS.value))
+    out_dir = Path(_OUTPUT_DIR.value)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    records: list[dict[str, Any]] = []
+    groups: dict[tuple[int, ...], list[tuple[str, np.ndarray, Path]]] = {}
+    for name, inputs in rows:
+        try:
+            output = check_output(out_dir / f"{name}.png", inputs)
+            images = fusion.stack_set([io.load_image(p) for p in inputs])
+        except SemfuseError as exc:
+            logging.error("set %s: %s", name, exc)
+            records.append({"name": name, "status": "failed", "error": str(exc)})
+            continue
+        groups.setdefault(images.shape, []).append((name, images, output))
+    w = load_weights(config)
+    for members in groups.values():
+        for i in range(0, len(members), max(1, _BATCH.value)):
+            chunk = members[i : i + max(1, _BATCH.value)]
+            names, sets, outputs = (list(x) for x in zip(*chunk, strict=True))
+            done, _ = fuse_batch(w, config, names, sets, outputs, labels)
+            records += [{**r, "status": "done"} for r in done]
+    failed = sum(r["status"] == "failed" for r in records)
+    logging.info("%d sets fused, %d failed", len(records) - failed, failed)
+    write_report({**run_info(w, config), "sets": records})
+    if failed:
+        raise SemfuseError(f"{failed} of {len(records)} sets failed (see the log)")
+    return 0
+
+
+def main(argv: Sequence[str]) -> int:
+    if len(argv) > 1:
+        raise SemfuseError(f"unexpected arguments: {' '.join(argv[1:])}")
+    single = bool(_INPUTS.value or _OUTPUT.value)
+    batch = bool(_PAIRS.value or _OUTPUT_DIR.value)
+    if single == batch or (single and not (_INPUTS.value and _OUTPUT.value)):
+        raise SemfuseError("give either --inputs and --output, or --pairs and --output_dir")
+    if batch and not (_PAIRS.value and _OUTPUT_DIR.value):
+        raise SemfuseError("batch mode needs both --pairs and --output_dir")
+    if batch and _FIGURE.value:
+        raise SemfuseError("--figure is for a single set (--inputs)")
+    config = config_from_flags()
+    labels = read_labels()
+    return fuse_one(config, labels) if single else fuse_many(config, labels)
+
+
+def run() -> None:
+    run_guarded(main)
+
+
+if __name__ == "__main__":
+    run()

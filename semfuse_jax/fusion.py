@@ -1,0 +1,241 @@
+"""The paper's fusion methods FM0–FM3 for batches of N-image sets.
+
+``images`` are ``[B, N, H, W, C]`` float arrays in ``[0, 1]``: B sets of N registered inputs, all
+grey (C = 1) or all RGB (C = 3; a set mixing grey and colour is fused in colour with the grey
+inputs replicated, see :func:`stack_set`).
+
+- FM0: image optimisation towards the choose-max (Ψ0) of the inputs' VGG19 features.
+- FM1: the same towards the majority-filtered choice (Ψ1).
+- FM2: FM0 with each input's features weighted by its Grad-CAM probability map for the selection
+  (the target holds the original feature values by default; ``fm2_weighted_target`` uses the
+  weighted ones).
+- FM3: no optimisation: ``I* = Σ_i P_Mi · I_i`` with the CAM mixing weights.
+
+Grey sets are optimised as a single grey plane replicated inside the network, so the result is
+exactly grey.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from semfuse_jax import cam, rules
+from semfuse_jax.errors import SemfuseError
+from semfuse_jax.optimise import Schedule, optimise
+from semfuse_jax.weights import Weights
+
+METHODS: tuple[str, ...] = ("fm0", "fm1", "fm2", "fm3")
+
+
+@dataclasses.dataclass(frozen=True)
+class FusionConfig:
+    """Settings of one fusion run.
+
+    Attributes:
+      method: one of :data:`METHODS`.
+      layers: VGG19 conv outputs in the loss (the paper: ``conv1_1``).
+      schedule: Adam schedule (FM0–FM2).
+      top_k: classes combined in each input's Grad-CAM (1 = the top class).
+      target_class: if set, the Grad-CAM class for every input (overrides ``top_k``).
+      cam_layers: layers whose Grad-CAM maps are multiplied (FM2, FM3).
+      fm2_weighted_target: FM2 target values are the CAM-weighted features (else the originals).
+      init_noise: std of Gaussian noise (grey levels) added to the initial mean image.
+      seed: PRNG seed for ``init_noise``.
+    """
+
+    method: str = "fm0"
+    layers: tuple[str, ...] = ("conv1_1",)
+    schedule: Schedule = dataclasses.field(default_factory=Schedule)
+    top_k: int = 1
+    target_class: int | None = None
+    cam_layers: tuple[str, ...] = cam.CAM_LAYERS
+    fm2_weighted_target: bool = False
+    init_noise: float = 0.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise SemfuseError(f"unknown method {self.method!r}; choose from {', '.join(METHODS)}")
+        if not self.layers:
+            raise SemfuseError("at least one loss layer is needed")
+        if not 1 <= self.top_k <= 1000:
+            raise SemfuseError("top_k must be between 1 and 1000")
+        if self.target_class is not None and not 0 <= self.target_class < 1000:
+            raise SemfuseError("target_class must be an ImageNet class index 0..999")
+
+    @property
+    def uses_cam(self) -> bool:
+        return self.method in ("fm2", "fm3")
+
+    @property
+    def required_outputs(self) -> tuple[str, ...]:
+        """VGG19 outputs this configuration needs (for an early missing-layers check)."""
+        needed = () if self.method == "fm3" else self.layers
+        return (*needed, "logits") if self.uses_cam else needed
+
+
+@dataclasses.dataclass
+class FusionResult:
+    """Fused images and what a report or figure needs.
+
+    Attributes:
+      fused: ``[B, H, W, C]`` in ``[0, 1]``.
+      average: ``[B, H, W, C]`` mean of the inputs (the initial image).
+      loss_history: ``[E + 1, B]`` (None for FM3).
+      steps: Adam steps per set (0 for FM3).
+      compile_seconds, optimise_seconds: timings of the optimisation (0 for FM3).
+      probabilities: ``[B, N, H, W]`` CAM probability maps (FM2/FM3), else None.
+      mixing: ``[B, N, H, W]`` mixing weights (FM3), else None.
+    """
+
+    fused: np.ndarray
+    average: np.ndarray
+    loss_history: np.ndarray | None = None
+    steps: int = 0
+    compile_seconds: float = 0.0
+    optimise_seconds: float = 0.0
+    probabilities: np.ndarray | None = None
+    mixing: np.ndarray | None = None
+
+
+def stack_set(images: Sequence[np.ndarray]) -> np.ndarray:
+    """Stack one set of ``[H, W, 1|3]`` images to ``[N, H, W, C]``.
+
+    All grey → C = 1. Any colour → C = 3, with grey inputs replicated.
+
+    Raises:
+      SemfuseError: fewer than two images, or sizes that differ.
+    """
+    if len(images) < 2:
+        raise SemfuseError("fusion needs at least two input images")
+    sizes = {image.shape[:2] for image in images}
+    if len(sizes) > 1:
+        listed = ", ".join(f"{w}x{h}" for h, w in (image.shape[:2] for image in images))
+        raise SemfuseError(f"input images differ in size ({listed}); register/resize them first")
+    channels = max(image.shape[-1] for image in images)
+    return np.stack([np.broadcast_to(image, (*image.shape[:2], channels)) for image in images])
+
+
+def _flat_features(weights: Weights, images: jax.Array, layers: tuple[str, ...]) -> dict:
+    """VGG19 features of ``[B, N, H, W, C]`` images as ``{layer: [N, B, h, w, c]}``."""
+    b, n = images.shape[:2]
+    feats = weights.features(images.reshape(b * n, *images.shape[2:]), layers)
+    return {k: jnp.swapaxes(v.reshape(b, n, *v.shape[1:]), 0, 1) for k, v in feats.items()}
+
+
+@partial(jax.jit, static_argnames=("top_k", "target_class", "cam_layers"))
+def cam_probabilities(
+    weights: Weights,
+    images: jax.Array,
+    top_k: int = 1,
+    target_class: int | None = None,
+    cam_layers: tuple[str, ...] = cam.CAM_LAYERS,
+) -> jax.Array:
+    """CAM probability map of every input: ``[B, N, H, W, C]`` → ``[B, N, H, W]``."""
+    b, n = images.shape[:2]
+    flat = images.reshape(b * n, *images.shape[2:])
+    probs, _, _ = cam.probability_map(weights, flat, top_k, target_class, cam_layers)
+    return probs.reshape(b, n, *probs.shape[1:])
+
+
+@partial(jax.jit, static_argnames=("method", "layers", "weighted_target"))
+def fusion_targets(
+    weights: Weights,
+    images: jax.Array,
+    method: str,
+    layers: tuple[str, ...],
+    probabilities: jax.Array | None = None,
+    weighted_target: bool = False,
+) -> dict[str, jax.Array]:
+    """Fused target feature maps ``{layer: [B, h, w, c]}`` of ``[B, N, H, W, C]`` images."""
+    feats = _flat_features(weights, images, layers)
+    targets = {}
+    for layer, f in feats.items():  # f: [N, B, h, w, c]
+        if method == "fm0":
+            targets[layer] = rules.choose_max(f)
+        elif method == "fm1":
+            targets[layer] = rules.majority_filter(f)
+        else:
+            p = jnp.swapaxes(probabilities, 0, 1)  # [N, B, H, W]
+            if p.shape[-2:] != f.shape[-3:-1]:
+                p = jax.image.resize(p, (*p.shape[:2], *f.shape[-3:-1]), "bilinear")
+            targets[layer] = rules.cam_weighted_choose_max(f, p, weighted_target)
+    return targets
+
+
+@jax.jit
+def cam_mix(images: jax.Array, probabilities: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """FM3: images ``[B, N, H, W, C]``, maps ``[B, N, H, W]`` → (``[B, H, W, C]``, weights)."""
+    weights = jnp.swapaxes(cam.mixing_weights(jnp.swapaxes(probabilities, 0, 1)), 0, 1)
+    return jnp.sum(weights[..., None] * images, axis=1), weights
+
+
+def fuse(
+    weights: Weights,
+    images: np.ndarray,
+    config: FusionConfig,
+    progress: Callable[[int, int, np.ndarray, float], None] | None = None,
+) -> FusionResult:
+    """Fuse a batch of image sets with ``config.method``.
+
+    Args:
+      weights: VGG19 weights holding the layers ``config.required_outputs`` need.
+      images: ``[B, N, H, W, C]`` in ``[0, 1]`` (N ≥ 2; C = 1 grey or 3 RGB).
+      config: see :class:`FusionConfig`.
+      progress: per-epoch callback, see :func:`semfuse_jax.optimise.optimise`.
+    """
+    images = jnp.asarray(images, jnp.float32)
+    if images.ndim != 5 or images.shape[1] < 2 or images.shape[-1] not in (1, 3):
+        raise SemfuseError(f"expected [B, N>=2, H, W, 1|3] images, got shape {images.shape}")
+    weights.require(config.required_outputs)
+    average = jnp.mean(images, axis=1)
+    probabilities = mixing = None
+    if config.uses_cam:
+        probabilities = cam_probabilities(
+            weights, images, config.top_k, config.target_class, config.cam_layers
+        )
+    if config.method == "fm3":
+        fused, mixing = cam_mix(images, probabilities)
+        return FusionResult(
+            fused=np.asarray(fused),
+            average=np.asarray(average),
+            probabilities=np.asarray(probabilities),
+            mixing=np.asarray(mixing),
+        )
+    targets = fusion_targets(
+        weights, images, config.method, config.layers, probabilities, config.fm2_weighted_target
+    )
+    init = average
+    if config.init_noise > 0:
+        noise = jax.random.normal(jax.random.key(config.seed), init.shape) * config.init_noise
+        init = jnp.clip(init + noise / 255.0, 0.0, 1.0)
+    result = optimise(weights, init, targets, config.schedule, progress)
+    return FusionResult(
+        fused=result.images,
+        average=np.asarray(average),
+        loss_history=result.loss_history,
+        steps=result.steps,
+        compile_seconds=result.compile_seconds,
+        optimise_seconds=result.optimise_seconds,
+        probabilities=None if probabilities is None else np.asarray(probabilities),
+    )
+
+
+@jax.jit
+def classify(weights: Weights, images: jax.Array) -> jax.Array:
+    """ImageNet class probabilities ``[B, 1000]`` of ``[B, H, W, C]`` images in ``[0, 1]``."""
+    return jax.nn.softmax(weights.features(images, ("logits",))["logits"], axis=-1)
+
+
+def top_classes(probabilities: np.ndarray, k: int = 5) -> list[list[tuple[int, float]]]:
+    """``[B, 1000]`` probabilities → per image the ``k`` best ``(class, probability)`` pairs."""
+    order = np.argsort(-probabilities, axis=-1)[:, :k]
+    return [
+        [(int(c), float(p[c])) for c in row] for row, p in zip(order, probabilities, strict=True)
+    ]
