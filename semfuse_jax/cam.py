@@ -85,7 +85,8 @@ def normalise(maps: jax.Array, eps: float = 1e-12) -> jax.Array:
     """Min-max normalise each ``[H, W]`` map of ``[..., H, W]`` to ``[0, 1]`` (constant → 0)."""
     low = jnp.min(maps, axis=(-2, -1), keepdims=True)
     span = jnp.max(maps, axis=(-2, -1), keepdims=True) - low
-    return jnp.where(span > eps, (maps - low) / jnp.where(span > eps, span, 1.0), 0.0)
+    scaled = jnp.clip((maps - low) / jnp.where(span > eps, span, 1.0), 0.0, 1.0)
+    return jnp.where(span > eps, scaled, 0.0)
 
 
 def probability_map(

@@ -97,10 +97,12 @@ class VGG19(nn.Module):
     """VGG19 returning a dict of named activations.
 
     Attributes:
-      dtype: computation dtype (``float32`` by default; ``bfloat16`` for speed on accelerators).
+      dtype: computation dtype; None (the default) follows the inputs and parameters (float32
+        normally, float64 for float64 inputs and parameters), ``bfloat16`` trades accuracy for
+        speed on accelerators.
     """
 
-    dtype: Any = jnp.float32
+    dtype: Any = None
 
     @nn.compact
     def __call__(
@@ -136,7 +138,8 @@ class VGG19(nn.Module):
         def done() -> bool:
             return len(result) == len(wanted)
 
-        x = x.astype(self.dtype)
+        if self.dtype is not None:
+            x = x.astype(self.dtype)
         for b, (n, width) in enumerate(zip(BLOCKS, WIDTHS, strict=True)):
             for i in range(n):
                 name = f"{b + 1}_{i + 1}"
@@ -153,8 +156,8 @@ class VGG19(nn.Module):
             if done():
                 return result
 
-        ph = jnp.asarray(adaptive_avg_pool_matrix(x.shape[1]), self.dtype)
-        pw = jnp.asarray(adaptive_avg_pool_matrix(x.shape[2]), self.dtype)
+        ph = jnp.asarray(adaptive_avg_pool_matrix(x.shape[1]), x.dtype)
+        pw = jnp.asarray(adaptive_avg_pool_matrix(x.shape[2]), x.dtype)
         x = jnp.einsum("ih,bhwc,jw->bijc", ph, x, pw).reshape(x.shape[0], -1)
         for name, layer, width in (
             ("fc6", "fc6", 4096),
@@ -174,7 +177,7 @@ def apply(
     x: jax.Array,
     outputs: Sequence[str],
     taps: Mapping[str, jax.Array] | None = None,
-    dtype: Any = jnp.float32,
+    dtype: Any = None,
 ) -> dict[str, jax.Array]:
     """Functional forward pass: ``VGG19(dtype).apply({'params': params}, x, outputs, taps)``.
 

@@ -130,7 +130,7 @@ class Weights:
         images: jax.Array,
         outputs: tuple[str, ...],
         taps: Mapping[str, jax.Array] | None = None,
-        dtype: Any = jnp.float32,
+        dtype: Any = None,
     ) -> dict[str, jax.Array]:
         """Named VGG19 activations of RGB images in ``[0, 1]``, ``[B, H, W, 3]``.
 

@@ -60,7 +60,14 @@ def assert_trees_all_close(actual: Mapping, expected: Mapping, **kw: float) -> N
 @pytest.fixture(scope="session")
 def torch_vgg19():
     """A VGG19 built from torch.nn in torchvision's layout (key names), random weights."""
-    torch = pytest.importorskip("torch")
+    pytest.importorskip("torch")
+    return build_torch_vgg19()
+
+
+def build_torch_vgg19():
+    """VGG19 from torch.nn with torchvision's module layout, He-initialised (seed 0)."""
+    import torch
+
     nn = torch.nn
     torch.manual_seed(0)
     layers: list = []

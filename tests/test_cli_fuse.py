@@ -1,0 +1,167 @@
+"""semfuse-fuse end to end on the shared images, its reports, figures and refusals."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+FEW_STEPS = ("--epochs=2", "--iters=5")
+
+
+def fuse(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "semfuse_jax.cli.fuse", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "SEMFUSE_WEIGHTS": ""},
+        timeout=600,
+    )
+
+
+def assert_one_line_failure(result: subprocess.CompletedProcess, *needles: str) -> None:
+    assert result.returncode == 1, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "error:" in lines[0] and "Traceback" not in result.stderr, lines
+    for needle in needles:
+        assert needle in lines[0]
+
+
+@pytest.fixture(scope="module")
+def clock(data_dir) -> list[str]:
+    folder = data_dir / "multifocus_grey" / "clock"
+    return [str(folder / "clockA.jpg"), str(folder / "clockB.jpg")]
+
+
+def test_clock_fm0_writes_grey_png_report_and_figure(clock, real_weights_file, tmp_path):
+    out, report, sheet = tmp_path / "clock.png", tmp_path / "r.json", tmp_path / "sheet.png"
+    result = fuse(
+        f"--inputs={','.join(clock)}",
+        f"--output={out}",
+        f"--weights={real_weights_file}",
+        f"--report={report}",
+        f"--figure={sheet}",
+        *FEW_STEPS,
+    )
+    assert result.returncode == 0, result.stderr
+    image = Image.open(out)
+    assert image.mode == "L" and image.size == (512, 512)
+    record = json.loads(report.read_text())
+    for key in ("method", "steps", "final_loss", "optimise_seconds", "compile_seconds", "settings"):
+        assert key in record
+    assert record["method"] == "fm0" and record["steps"] == 10
+    assert record["final_loss"] < record["loss_history"][0]
+    assert record["settings"]["layers"] == ["conv1_1"] and "classes" not in record
+    assert "epoch 2/2" in result.stderr  # progress is logged
+    assert Image.open(sheet).size[0] == 4 * 256  # two inputs, average, fused
+
+
+def test_lytro_pair_stays_colour(data_dir, real_weights_file, tmp_path):
+    folder = data_dir / "multifocus_colour_lytro" / "lytro-01"
+    out = tmp_path / "lytro.png"
+    inputs = f"{folder / 'lytro-01-A.jpg'},{folder / 'lytro-01-B.jpg'}"
+    result = fuse(
+        f"--inputs={inputs}", f"--output={out}", f"--weights={real_weights_file}", *FEW_STEPS
+    )
+    assert result.returncode == 0, result.stderr
+    image = np.asarray(Image.open(out))
+    assert image.shape == (520, 520, 3) and np.abs(np.diff(image.astype(int), axis=-1)).max() > 50
+
+
+def test_bad_inputs_fail_with_one_line_and_no_output(clock, data_dir, real_weights_file, tmp_path):
+    out = tmp_path / "out.png"
+    weights_flag = f"--weights={real_weights_file}"
+    lytro = data_dir / "multifocus_colour_lytro/lytro-01/lytro-01-A.jpg"
+    junk = tmp_path / "junk.png"
+    junk.write_bytes(b"not an image")
+    cases = [
+        ((f"--inputs={clock[0]},{lytro}",), ("differ in size",)),
+        ((f"--inputs={clock[0]},{tmp_path / 'missing.png'}",), ("no such file",)),
+        ((f"--inputs={clock[0]},{junk}",), ("not a readable image",)),
+        ((f"--inputs={clock[0]},{clock[1]}", "--method=fm3"), ("conv4_1", "fc8")),
+        ((f"--inputs={clock[0]},{clock[1]}", "--method=fm2"), ("conv5_4", "fc8")),
+        ((f"--inputs={clock[0]},{clock[1]}", "--layers=conv9_9"), ("conv9_9",)),
+    ]
+    for args, needles in cases:
+        result = fuse(*args, f"--output={out}", weights_flag, *FEW_STEPS)
+        assert_one_line_failure(result, *needles)
+        assert not out.exists()
+    result = fuse(f"--inputs={clock[0]},{clock[1]}", f"--output={clock[0]}", weights_flag)
+    assert_one_line_failure(result, "one of the inputs")
+    result = fuse(
+        f"--inputs={clock[0]},{clock[1]}", f"--output={tmp_path}/no/dir/x.png", weights_flag
+    )
+    assert_one_line_failure(result, "does not exist")
+    assert list(tmp_path.iterdir()) == [junk]
+
+
+@pytest.fixture(scope="module")
+def small_colour_pair(data_dir, tmp_path_factory) -> list[str]:
+    folder = tmp_path_factory.mktemp("small")
+    paths = []
+    for name in ("lytro-03-A.jpg", "lytro-03-B.jpg"):
+        image = Image.open(data_dir / "multifocus_colour_lytro/lytro-03" / name).resize((64, 64))
+        paths.append(str(folder / name.replace(".jpg", ".png")))
+        image.save(paths[-1])
+    return paths
+
+
+@pytest.mark.parametrize("method", ["fm2", "fm3"])
+def test_cam_methods_run_with_full_weights_and_report_classes(
+    method, small_colour_pair, full_weights_file, tmp_path
+):
+    out, report, sheet = tmp_path / "f.png", tmp_path / "r.json", tmp_path / "s.png"
+    result = fuse(
+        f"--inputs={','.join(small_colour_pair)}",
+        f"--output={out}",
+        f"--weights={full_weights_file}",
+        f"--method={method}",
+        f"--report={report}",
+        f"--figure={sheet}",
+        "--top_k=2",
+        *FEW_STEPS,
+    )
+    assert result.returncode == 0, result.stderr
+    record = json.loads(report.read_text())
+    classes = record["classes"]
+    assert len(classes["inputs"]) == 2 and len(classes["fused"]) == 5
+    probs = [c["probability"] for c in classes["fused"]]
+    assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1 + 1e-6
+    assert record["steps"] == (0 if method == "fm3" else 10)
+    rows = 3 if method == "fm3" else 2  # images, CAMs (, mixtures)
+    assert Image.open(sheet).size[1] == rows * (256 + 14)
+
+
+def test_batch_manifest_groups_sizes_and_reports_failures(
+    clock, small_colour_pair, real_weights_file, tmp_path
+):
+    manifest = tmp_path / "sets.csv"
+    manifest.write_text(
+        "# name,inputs...\n"
+        f"clock,{clock[0]},{clock[1]}\n"
+        f"small,{small_colour_pair[0]},{small_colour_pair[1]}\n"
+        f"small_again,{small_colour_pair[1]},{small_colour_pair[0]}\n"
+        f"broken,{clock[0]},{tmp_path / 'missing.png'}\n"
+    )
+    out_dir, report = tmp_path / "out", tmp_path / "batch.json"
+    result = fuse(
+        f"--pairs={manifest}",
+        f"--output_dir={out_dir}",
+        f"--weights={real_weights_file}",
+        f"--report={report}",
+        *FEW_STEPS,
+    )
+    assert result.returncode == 1 and "1 of 4 sets failed" in result.stderr
+    assert sorted(p.name for p in out_dir.iterdir()) == [
+        "clock.png",
+        "small.png",
+        "small_again.png",
+    ]
+    records = {r["name"]: r for r in json.loads(report.read_text())["sets"]}
+    assert records["broken"]["status"] == "failed" and "no such file" in records["broken"]["error"]
+    assert records["small"]["batch_size"] == 2 and records["clock"]["batch_size"] == 1

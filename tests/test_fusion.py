@@ -1,0 +1,136 @@
+"""FM0–FM3 end to end: convexity of FM3, batch = single, real-weights multi-focus gains."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from semfuse_jax import fusion, io
+from semfuse_jax.errors import MissingLayersError, SemfuseError
+from semfuse_jax.optimise import Schedule
+from semfuse_jax.synthetic import multifocus_set
+
+SHORT = Schedule(epochs=3, iters=10)
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """Peak signal-to-noise ratio of images in [0, 1], in dB."""
+    return float(10 * np.log10(1.0 / np.mean((np.asarray(a, np.float64) - b) ** 2)))
+
+
+@pytest.fixture(scope="module")
+def sharp_images(data_dir) -> list[np.ndarray]:
+    """Real 64x64 crops: two colour (Lytro), Lytro luminance (grey) and a grey visible band."""
+    lytro = io.load_image(data_dir / "multifocus_colour_lytro/lytro-02/lytro-02-A.jpg")
+    kayak = io.load_image(data_dir / "ir_visible/TNO_Kayak/Kayak_Vis.png")
+    luminance = (lytro @ io.LUMA)[..., None]
+    return [
+        lytro[200:264, 220:284],
+        lytro[300:364, 100:164],
+        luminance[200:264, 220:284],
+        kayak[200:264, 200:264],
+    ]
+
+
+@pytest.mark.parametrize("method", ["fm0", "fm1"])
+def test_real_weights_multifocus_beats_average_and_loss_decreases(
+    real_weights, sharp_images, method
+):
+    config = fusion.FusionConfig(method=method, schedule=Schedule(epochs=5, iters=40))
+    gains = []
+    for sharp in (sharp_images[0], sharp_images[2]):  # one colour, one grey
+        images = multifocus_set(sharp)[None]
+        result = fusion.fuse(real_weights, images, config)
+        assert result.fused.shape == (1, *sharp.shape)
+        assert np.all(np.diff(result.loss_history[:, 0]) < 0), result.loss_history[:, 0]
+        assert result.fused.min() >= 0.0 and result.fused.max() <= 1.0
+        gains.append(psnr(result.fused[0], sharp) - psnr(result.average[0], sharp))
+    print(
+        f"{method}: PSNR gain over the average (colour, grey): {gains[0]:.2f} dB, {gains[1]:.2f} dB"
+    )
+    assert min(gains) > 1.0
+
+
+def test_batch_of_four_equals_each_alone(real_weights, sharp_images):
+    sets = np.stack([multifocus_set(s[..., :1] if s.shape[-1] == 3 else s) for s in sharp_images])
+    for method in ("fm0", "fm1"):
+        config = fusion.FusionConfig(method=method, schedule=SHORT)
+        batched = fusion.fuse(real_weights, sets, config)
+        for b in range(4):
+            alone = fusion.fuse(real_weights, sets[b : b + 1], config)
+            np.testing.assert_allclose(batched.fused[b], alone.fused[0], atol=1e-5)
+            np.testing.assert_allclose(
+                batched.loss_history[:, b], alone.loss_history[:, 0], rtol=1e-5
+            )
+
+
+def test_grey_sets_stay_grey_and_colour_stays_colour(real_weights, sharp_images):
+    grey = fusion.fuse(real_weights, multifocus_set(sharp_images[2])[None], fusion.FusionConfig())
+    assert grey.fused.shape[-1] == 1
+    colour = fusion.stack_set([sharp_images[0], sharp_images[2]])  # grey + colour -> colour
+    assert colour.shape == (2, 64, 64, 3)
+    np.testing.assert_array_equal(colour[1, ..., 0], colour[1, ..., 2])
+
+
+def test_fm3_is_the_exact_convex_mix(full_weights, sharp_images):
+    images = np.stack([sharp_images[0], sharp_images[1]])[None]
+    result = fusion.fuse(full_weights, images, fusion.FusionConfig(method="fm3"))
+    p = result.probabilities[0]
+    m0 = 0.5 * (1 + p[0] - p[1])
+    np.testing.assert_allclose(result.mixing[0, 0], m0, rtol=1e-6, atol=1e-7)
+    expected = m0[..., None] * images[0, 0] + (1 - m0[..., None]) * images[0, 1]
+    np.testing.assert_allclose(result.fused[0], expected, rtol=1e-6, atol=1e-6)
+    low, high = images[0].min(axis=0), images[0].max(axis=0)
+    assert np.all(result.fused[0] >= low - 1e-6) and np.all(result.fused[0] <= high + 1e-6)
+    assert result.steps == 0 and p.min() == 0.0 and p.max() == pytest.approx(1.0)
+
+
+def test_fm3_three_inputs_and_top_k(full_weights, sharp_images):
+    images = fusion.stack_set(sharp_images[:3])[None]  # colour, colour, grey -> colour
+    result = fusion.fuse(full_weights, images, fusion.FusionConfig(method="fm3", top_k=5))
+    m = result.mixing[0]
+    assert m.shape == (3, 64, 64) and m.min() >= 0.0
+    np.testing.assert_allclose(m.sum(axis=0), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(
+        result.fused[0], np.sum(m[..., None] * images[0], axis=0), rtol=1e-5, atol=1e-6
+    )
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_fm2_runs_with_full_weights_and_targets_follow_the_cam(
+    full_weights, sharp_images, weighted
+):
+    images = multifocus_set(sharp_images[0])[None]
+    config = fusion.FusionConfig(method="fm2", schedule=SHORT, fm2_weighted_target=weighted)
+    result = fusion.fuse(full_weights, images, config)
+    assert result.fused.shape == (1, 64, 64, 3) and result.probabilities.shape == (1, 2, 64, 64)
+    assert result.loss_history[-1, 0] < result.loss_history[0, 0]
+    targets = fusion.fusion_targets(
+        full_weights,
+        jnp.asarray(images),
+        "fm2",
+        ("conv1_1",),
+        jnp.asarray(result.probabilities),
+        weighted,
+    )
+    plain = fusion.fusion_targets(full_weights, jnp.asarray(images), "fm0", ("conv1_1",))
+    assert not np.allclose(np.asarray(targets["conv1_1"]), np.asarray(plain["conv1_1"]))
+
+
+def test_cam_methods_refuse_partial_weights(real_weights, sharp_images):
+    images = multifocus_set(sharp_images[0])[None]
+    for method in ("fm2", "fm3"):
+        with pytest.raises(MissingLayersError, match=r"conv4_1.*fc8"):
+            fusion.fuse(real_weights, images, fusion.FusionConfig(method=method))
+
+
+def test_bad_sets_and_settings_are_refused():
+    with pytest.raises(SemfuseError, match="differ in size"):
+        fusion.stack_set([np.zeros((4, 4, 1)), np.zeros((4, 5, 1))])
+    with pytest.raises(SemfuseError, match="at least two"):
+        fusion.stack_set([np.zeros((4, 4, 1))])
+    with pytest.raises(SemfuseError, match="unknown method"):
+        fusion.FusionConfig(method="fm9")
+    with pytest.raises(SemfuseError, match="epochs"):
+        Schedule(epochs=0)
