@@ -26,11 +26,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from semfuse_jax import cam, rules
+from semfuse_jax.baselines import BASELINES, fuse_baseline
 from semfuse_jax.errors import SemfuseError
 from semfuse_jax.optimise import Schedule, optimise
 from semfuse_jax.weights import Weights
 
 METHODS: tuple[str, ...] = ("fm0", "fm1", "fm2", "fm3")
+ALL_METHODS: tuple[str, ...] = METHODS + BASELINES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,7 +40,7 @@ class FusionConfig:
     """Settings of one fusion run.
 
     Attributes:
-      method: one of :data:`METHODS`.
+      method: one of :data:`METHODS` or a classical baseline (:data:`BASELINES`).
       layers: VGG19 conv outputs in the loss (the paper: ``conv1_1``).
       schedule: Adam schedule (FM0–FM2).
       top_k: classes combined in each input's Grad-CAM (1 = the top class).
@@ -60,8 +62,9 @@ class FusionConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise SemfuseError(f"unknown method {self.method!r}; choose from {', '.join(METHODS)}")
+        if self.method not in ALL_METHODS:
+            known = ", ".join(ALL_METHODS)
+            raise SemfuseError(f"unknown method {self.method!r}; choose from {known}")
         if not self.layers:
             raise SemfuseError("at least one loss layer is needed")
         if not 1 <= self.top_k <= 1000:
@@ -76,6 +79,8 @@ class FusionConfig:
     @property
     def required_outputs(self) -> tuple[str, ...]:
         """VGG19 outputs this configuration needs (for an early missing-layers check)."""
+        if self.method in BASELINES:
+            return ()
         needed = () if self.method == "fm3" else self.layers
         return (*needed, "logits") if self.uses_cam else needed
 
@@ -120,6 +125,15 @@ def stack_set(images: Sequence[np.ndarray]) -> np.ndarray:
         raise SemfuseError(f"input images differ in size ({listed}); register/resize them first")
     channels = max(image.shape[-1] for image in images)
     return np.stack([np.broadcast_to(image, (*image.shape[:2], channels)) for image in images])
+
+
+def group_batches(shapes: Sequence[tuple[int, ...]], batch_size: int) -> list[list[int]]:
+    """Indices of same-shape sets in chunks of at most ``batch_size``, in first-seen order."""
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for index, shape in enumerate(shapes):
+        groups.setdefault(tuple(shape), []).append(index)
+    size = max(1, batch_size)
+    return [ids[k : k + size] for ids in groups.values() for k in range(0, len(ids), size)]
 
 
 def _flat_features(weights: Weights, images: jax.Array, layers: tuple[str, ...]) -> dict:
@@ -177,7 +191,7 @@ def cam_mix(images: jax.Array, probabilities: jax.Array) -> tuple[jax.Array, jax
 
 
 def fuse(
-    weights: Weights,
+    weights: Weights | None,
     images: np.ndarray,
     config: FusionConfig,
     progress: Callable[[int, int, np.ndarray, float], None] | None = None,
@@ -185,7 +199,8 @@ def fuse(
     """Fuse a batch of image sets with ``config.method``.
 
     Args:
-      weights: VGG19 weights holding the layers ``config.required_outputs`` need.
+      weights: VGG19 weights holding the layers ``config.required_outputs`` need (unused, and
+        may be None, for the baselines).
       images: ``[B, N, H, W, C]`` in ``[0, 1]`` (N ≥ 2; C = 1 grey or 3 RGB).
       config: see :class:`FusionConfig`.
       progress: per-epoch callback, see :func:`semfuse_jax.optimise.optimise`.
@@ -193,8 +208,11 @@ def fuse(
     images = jnp.asarray(images, jnp.float32)
     if images.ndim != 5 or images.shape[1] < 2 or images.shape[-1] not in (1, 3):
         raise SemfuseError(f"expected [B, N>=2, H, W, 1|3] images, got shape {images.shape}")
-    weights.require(config.required_outputs)
     average = jnp.mean(images, axis=1)
+    if config.method in BASELINES:
+        fused = fuse_baseline(config.method, np.asarray(images))
+        return FusionResult(fused=fused, average=np.asarray(average))
+    weights.require(config.required_outputs)
     probabilities = mixing = None
     if config.uses_cam:
         probabilities = cam_probabilities(

@@ -27,59 +27,19 @@ from absl import flags, logging
 
 import semfuse_jax
 from semfuse_jax import fusion, io, weights
-from semfuse_jax.cli import run_guarded
+from semfuse_jax.cli import options, run_guarded
 from semfuse_jax.errors import SemfuseError
 from semfuse_jax.figure import contact_sheet
-from semfuse_jax.optimise import Schedule
 
 _INPUTS = flags.DEFINE_list("inputs", None, "Comma-separated input images of one set (N >= 2).")
 _OUTPUT = flags.DEFINE_string("output", None, "Fused image to write (PNG recommended).")
 _PAIRS = flags.DEFINE_string("pairs", None, "Batch mode: CSV manifest, `name,input1,input2,...`.")
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Batch mode: folder for NAME.png outputs.")
-_BATCH = flags.DEFINE_integer("batch_size", 8, "Batch mode: sets fused together (same size).")
-_METHOD = flags.DEFINE_enum("method", "fm0", fusion.METHODS, "Fusion method.")
-_WEIGHTS = flags.DEFINE_string(
-    "weights", None, "VGG19 weights file (default: $SEMFUSE_WEIGHTS/cache)."
-)
-_EPOCHS = flags.DEFINE_integer("epochs", 100, "Adam epochs (learning rate changes per epoch).")
-_ITERS = flags.DEFINE_integer("iters", 100, "Adam steps per epoch.")
-_LR = flags.DEFINE_float("lr", 1.0, "Initial Adam learning rate, grey levels (of 255) per step.")
-_LR_DECAY = flags.DEFINE_float("lr_decay", 0.95, "Learning-rate multiplier after each epoch.")
-_TOL = flags.DEFINE_float("tol", 0.0, "Stop when an epoch improves the loss by < tol (0: never).")
-_LAYERS = flags.DEFINE_list("layers", ["conv1_1"], "VGG19 conv outputs in the feature loss.")
-_SEED = flags.DEFINE_integer("seed", 0, "PRNG seed (used by --init_noise).")
-_INIT_NOISE = flags.DEFINE_float("init_noise", 0.0, "Std of noise added to the initial mean image.")
-_TOP_K = flags.DEFINE_integer("top_k", 1, "Classes combined in each Grad-CAM (FM2/FM3).")
-_CLASS = flags.DEFINE_integer("target_class", None, "ImageNet class for every Grad-CAM.")
-_CAM_LAYERS = flags.DEFINE_list("cam_layers", ["conv3_4", "conv4_4", "conv5_4"], "Grad-CAM layers.")
-_FM2_TARGET = flags.DEFINE_enum(
-    "fm2_target", "original", ["original", "weighted"], "FM2 target values."
-)
+_METHOD = flags.DEFINE_enum("method", "fm0", fusion.ALL_METHODS, "Fusion method or baseline.")
 _REPORT = flags.DEFINE_string("report", None, "Write a JSON report here.")
 _FIGURE = flags.DEFINE_string("figure", None, "Write a Figure-3 style contact sheet (one set).")
 _LABELS = flags.DEFINE_string("labels", None, "Text file of 1000 ImageNet class names, one a line.")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace existing output files.")
-
-
-def config_from_flags() -> fusion.FusionConfig:
-    schedule = Schedule(
-        epochs=_EPOCHS.value,
-        iters=_ITERS.value,
-        lr=_LR.value,
-        lr_decay=_LR_DECAY.value,
-        tol=_TOL.value,
-    )
-    return fusion.FusionConfig(
-        method=_METHOD.value,
-        layers=tuple(_LAYERS.value),
-        schedule=schedule,
-        top_k=_TOP_K.value,
-        target_class=_CLASS.value,
-        cam_layers=tuple(_CAM_LAYERS.value),
-        fm2_weighted_target=_FM2_TARGET.value == "weighted",
-        init_noise=_INIT_NOISE.value,
-        seed=_SEED.value,
-    )
 
 
 def read_manifest(path: Path) -> list[tuple[str, list[Path]]]:
@@ -124,10 +84,10 @@ def log_progress(epoch: int, epochs: int, losses: np.ndarray, elapsed: float) ->
 
 
 def class_report(
-    w: weights.Weights, inputs: np.ndarray, fused: np.ndarray, labels: list[str] | None
+    w: weights.Weights | None, inputs: np.ndarray, fused: np.ndarray, labels: list[str] | None
 ) -> dict[str, Any] | None:
     """Top-5 classes and probabilities of each input and of the result (Table 2 of the paper)."""
-    if "fc8" not in w.params:
+    if w is None or "fc8" not in w.params:
         return None
 
     def named(rows: list[list[tuple[int, float]]]) -> list[list[dict[str, Any]]]:
@@ -145,7 +105,7 @@ def class_report(
     }
 
 
-def run_info(w: weights.Weights, config: fusion.FusionConfig) -> dict[str, Any]:
+def run_info(w: weights.Weights | None, config: fusion.FusionConfig) -> dict[str, Any]:
     """Settings, weights and environment shared by every record of a run."""
     s = config.schedule
     return {
@@ -164,7 +124,7 @@ def run_info(w: weights.Weights, config: fusion.FusionConfig) -> dict[str, Any]:
             "cam_layers": list(config.cam_layers),
             "fm2_target": "weighted" if config.fm2_weighted_target else "original",
         },
-        "weights": w.source,
+        "weights": None if w is None else w.source,
         "versions": {
             "semfuse_jax": semfuse_jax.__version__,
             "jax": jax.__version__,
@@ -177,7 +137,7 @@ def run_info(w: weights.Weights, config: fusion.FusionConfig) -> dict[str, Any]:
 
 
 def fuse_batch(
-    w: weights.Weights,
+    w: weights.Weights | None,
     config: fusion.FusionConfig,
     names: list[str],
     sets: list[np.ndarray],
@@ -235,8 +195,11 @@ def write_report(record: dict[str, Any]) -> None:
         logging.info("wrote %s", path)
 
 
-def load_weights(config: fusion.FusionConfig) -> weights.Weights:
-    return weights.load_weights(_WEIGHTS.value, outputs=config.required_outputs)
+def load_weights(config: fusion.FusionConfig) -> weights.Weights | None:
+    """The weights ``config`` needs (None for the classical baselines, which need none)."""
+    if not config.required_outputs:
+        return None
+    return weights.load_weights(options.WEIGHTS.value, outputs=config.required_outputs)
 
 
 def fuse_one(config: fusion.FusionConfig, labels: list[str] | None) -> int:
@@ -267,23 +230,21 @@ def fuse_many(config: fusion.FusionConfig, labels: list[str] | None) -> int:
     out_dir = Path(_OUTPUT_DIR.value)
     out_dir.mkdir(parents=True, exist_ok=True)
     records: list[dict[str, Any]] = []
-    groups: dict[tuple[int, ...], list[tuple[str, np.ndarray, Path]]] = {}
+    ready: list[tuple[str, np.ndarray, Path]] = []
     for name, inputs in rows:
         try:
             output = check_output(out_dir / f"{name}.png", inputs)
-            images = fusion.stack_set([io.load_image(p) for p in inputs])
+            ready.append((name, fusion.stack_set([io.load_image(p) for p in inputs]), output))
         except SemfuseError as exc:
             logging.error("set %s: %s", name, exc)
             records.append({"name": name, "status": "failed", "error": str(exc)})
-            continue
-        groups.setdefault(images.shape, []).append((name, images, output))
     w = load_weights(config)
-    for members in groups.values():
-        for i in range(0, len(members), max(1, _BATCH.value)):
-            chunk = members[i : i + max(1, _BATCH.value)]
-            names, sets, outputs = (list(x) for x in zip(*chunk, strict=True))
-            done, _ = fuse_batch(w, config, names, sets, outputs, labels)
-            records += [{**r, "status": "done"} for r in done]
+    for batch in fusion.group_batches(
+        [images.shape for _, images, _ in ready], options.BATCH.value
+    ):
+        names, sets, outputs = (list(x) for x in zip(*(ready[i] for i in batch), strict=True))
+        done, _ = fuse_batch(w, config, names, sets, outputs, labels)
+        records += [{**r, "status": "done"} for r in done]
     failed = sum(r["status"] == "failed" for r in records)
     logging.info("%d sets fused, %d failed", len(records) - failed, failed)
     write_report({**run_info(w, config), "sets": records})
@@ -303,7 +264,7 @@ def main(argv: Sequence[str]) -> int:
         raise SemfuseError("batch mode needs both --pairs and --output_dir")
     if batch and _FIGURE.value:
         raise SemfuseError("--figure is for a single set (--inputs)")
-    config = config_from_flags()
+    config = options.config_from_flags(_METHOD.value)
     labels = read_labels()
     return fuse_one(config, labels) if single else fuse_many(config, labels)
 

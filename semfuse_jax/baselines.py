@@ -1,0 +1,104 @@
+"""Classical fusion baselines in the methods' interface: ``[B, N, H, W, C]`` → ``[B, H, W, C]``.
+
+- ``average``: pixel mean of the inputs.
+- ``max``: pixel maximum of the inputs.
+- ``dwt``: 3-level ``db2`` wavelet transform (PyWavelets, symmetric borders) per channel; the
+  approximation band is averaged, every detail coefficient is chosen by largest magnitude.
+- ``laplacian``: 4-level Laplacian pyramid (5-tap binomial kernel [1 4 6 4 1]/16, reflected
+  borders) per channel; detail levels by choose-max on magnitude, the coarsest level averaged.
+
+Inputs are in ``[0, 1]``; results are clipped to ``[0, 1]``.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from semfuse_jax import rules
+
+BASELINES: tuple[str, ...] = ("average", "max", "dwt", "laplacian")
+_BINOMIAL = np.array([1.0, 4.0, 6.0, 4.0, 1.0]) / 16.0
+
+
+def _blur(x: jax.Array) -> jax.Array:
+    """Separable 5-tap binomial blur over axes -3, -2 of ``[..., H, W, C]`` (reflected borders)."""
+    lead, (h, w, c) = x.shape[:-3], x.shape[-3:]
+    mode = "reflect" if min(h, w) > 2 else "edge"
+    flat = jnp.pad(x.reshape(-1, h, w, c), ((0, 0), (2, 2), (2, 2), (0, 0)), mode=mode)
+    kernel = jnp.asarray(np.outer(_BINOMIAL, _BINOMIAL), x.dtype)[:, :, None, None]
+    kernel = jnp.tile(kernel, (1, 1, 1, c))  # depthwise: one 5x5 filter per channel
+    out = jax.lax.conv_general_dilated(
+        flat,
+        kernel,
+        (1, 1),
+        "VALID",
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        feature_group_count=c,
+        precision=jax.lax.Precision.HIGHEST,
+    )
+    return out.reshape(*lead, h, w, c)
+
+
+def _expand(x: jax.Array, shape: tuple[int, int]) -> jax.Array:
+    """Upsample ``[..., h, w, C]`` to ``[..., H, W, C]``: zero insertion, then 4 × blur."""
+    up = jnp.zeros((*x.shape[:-3], *shape, x.shape[-1]), x.dtype)
+    return 4.0 * _blur(up.at[..., ::2, ::2, :].set(x))
+
+
+def laplacian_pyramid(x: jax.Array, levels: int) -> list[jax.Array]:
+    """Detail bands (fine to coarse) followed by the coarsest Gaussian level."""
+    bands = []
+    for _ in range(levels):
+        if min(x.shape[-3:-1]) < 2:
+            break
+        down = _blur(x)[..., ::2, ::2, :]
+        bands.append(x - _expand(down, x.shape[-3:-1]))
+        x = down
+    return [*bands, x]
+
+
+@partial(jax.jit, static_argnames=("levels",))
+def laplacian(images: jax.Array, levels: int = 4) -> jax.Array:
+    """Laplacian-pyramid choose-max fusion of ``[B, N, H, W, C]``."""
+    pyramid = laplacian_pyramid(jnp.moveaxis(images, 1, 0), levels)  # bands of [N, B, h, w, C]
+    fused = jnp.mean(pyramid[-1], axis=0)
+    for band in reversed(pyramid[:-1]):
+        fused = _expand(fused, band.shape[-3:-1]) + rules.choose_max(band)
+    return jnp.clip(fused, 0.0, 1.0)
+
+
+def dwt(images: np.ndarray, wavelet: str = "db2", levels: int = 3) -> np.ndarray:
+    """Wavelet choose-max fusion of ``[B, N, H, W, C]`` (PyWavelets)."""
+    import pywt
+
+    images = np.asarray(images, np.float64)
+    b, n, h, w, c = images.shape
+    out = np.empty((b, h, w, c))
+    level = min(levels, pywt.dwtn_max_level((h, w), wavelet))
+    for i in range(b):
+        for ch in range(c):
+            coeffs = [
+                pywt.wavedec2(images[i, k, ..., ch], wavelet, "symmetric", level) for k in range(n)
+            ]
+            fused = [np.mean([cs[0] for cs in coeffs], axis=0)]
+            for d in range(1, level + 1):
+                bands = [np.stack([cs[d][j] for cs in coeffs]) for j in range(3)]
+                fused.append(tuple(np.asarray(rules.choose_max(band)) for band in bands))
+            out[i, ..., ch] = pywt.waverec2(fused, wavelet, "symmetric")[:h, :w]
+    return np.clip(out, 0.0, 1.0).astype(np.float32)
+
+
+def fuse_baseline(method: str, images: np.ndarray) -> np.ndarray:
+    """Run baseline ``method`` (one of :data:`BASELINES`) on ``[B, N, H, W, C]`` in ``[0, 1]``."""
+    images = np.asarray(images, np.float32)
+    if method == "average":
+        return images.mean(axis=1)
+    if method == "max":
+        return images.max(axis=1)
+    if method == "dwt":
+        return dwt(images)
+    return np.asarray(laplacian(jnp.asarray(images)))

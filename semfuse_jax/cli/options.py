@@ -1,0 +1,49 @@
+"""Flags shared by the tools that fuse: weights and every fusion setting."""
+
+from __future__ import annotations
+
+from absl import flags
+
+from semfuse_jax import fusion
+from semfuse_jax.optimise import Schedule
+
+BATCH = flags.DEFINE_integer("batch_size", 8, "Batch mode: sets fused together (same size).")
+WEIGHTS = flags.DEFINE_string(
+    "weights", None, "VGG19 weights file (default: $SEMFUSE_WEIGHTS/cache)."
+)
+EPOCHS = flags.DEFINE_integer("epochs", 100, "Adam epochs (learning rate changes per epoch).")
+ITERS = flags.DEFINE_integer("iters", 100, "Adam steps per epoch.")
+LR = flags.DEFINE_float("lr", 1.0, "Initial Adam learning rate, grey levels (of 255) per step.")
+LR_DECAY = flags.DEFINE_float("lr_decay", 0.95, "Learning-rate multiplier after each epoch.")
+TOL = flags.DEFINE_float("tol", 0.0, "Stop when an epoch improves the loss by < tol (0: never).")
+LAYERS = flags.DEFINE_list("layers", ["conv1_1"], "VGG19 conv outputs in the feature loss.")
+SEED = flags.DEFINE_integer("seed", 0, "PRNG seed (used by --init_noise).")
+INIT_NOISE = flags.DEFINE_float("init_noise", 0.0, "Std of noise added to the initial mean image.")
+TOP_K = flags.DEFINE_integer("top_k", 1, "Classes combined in each Grad-CAM (FM2/FM3).")
+CLASS = flags.DEFINE_integer("target_class", None, "ImageNet class for every Grad-CAM.")
+CAM_LAYERS = flags.DEFINE_list("cam_layers", ["conv3_4", "conv4_4", "conv5_4"], "Grad-CAM layers.")
+FM2_TARGET = flags.DEFINE_enum(
+    "fm2_target", "original", ["original", "weighted"], "FM2 target values."
+)
+
+
+def config_from_flags(method: str) -> fusion.FusionConfig:
+    """The fusion settings the flags describe, for ``method``."""
+    schedule = Schedule(
+        epochs=EPOCHS.value,
+        iters=ITERS.value,
+        lr=LR.value,
+        lr_decay=LR_DECAY.value,
+        tol=TOL.value,
+    )
+    return fusion.FusionConfig(
+        method=method,
+        layers=tuple(LAYERS.value),
+        schedule=schedule,
+        top_k=TOP_K.value,
+        target_class=CLASS.value,
+        cam_layers=tuple(CAM_LAYERS.value),
+        fm2_weighted_target=FM2_TARGET.value == "weighted",
+        init_noise=INIT_NOISE.value,
+        seed=SEED.value,
+    )
