@@ -127,6 +127,25 @@ def stack_set(images: Sequence[np.ndarray]) -> np.ndarray:
     return np.stack([np.broadcast_to(image, (*image.shape[:2], channels)) for image in images])
 
 
+def memory_estimate(sets: int, inputs: int, height: int, width: int, config: FusionConfig) -> int:
+    """Rough peak bytes of fusing ``sets`` sets of ``inputs`` images of ``height × width``.
+
+    Counts float32 feature maps: the inputs' and the target's maps at the loss layers, the
+    optimiser's forward/backward maps (about six per layer), and for FM2/FM3 a forward and backward
+    pass through the whole network per input.
+    """
+    pixels = height * width
+    per_pixel = 4 * 3 * (inputs + 4)  # images, Adam moments, gradients
+    if config.method in METHODS:
+        channels = {1: 64, 2: 128, 3: 256, 4: 512, 5: 512}
+        for layer in config.layers:
+            block = int(layer[4]) if layer[4:5].isdigit() else 1
+            per_pixel += 4 * (inputs + 7) * channels.get(block, 64) / 4 ** (block - 1)
+    if config.uses_cam:
+        per_pixel += 2 * 4 * inputs * (2 * 64 + 2 * 128 / 4 + 4 * 256 / 16 + 4 * 512 / 64 + 4 * 2)
+    return int(sets * pixels * per_pixel)
+
+
 def group_batches(shapes: Sequence[tuple[int, ...]], batch_size: int) -> list[list[int]]:
     """Indices of same-shape sets in chunks of at most ``batch_size``, in first-seen order."""
     groups: dict[tuple[int, ...], list[int]] = {}

@@ -40,7 +40,10 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     removed if the body raises, so ``path`` is either untouched or complete.
     """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
+    except OSError as exc:
+        raise SemfuseError(f"cannot write {path}: {exc.strerror}") from None
     os.close(fd)
     try:
         yield Path(tmp)
@@ -51,19 +54,27 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         raise
 
 
-def _open(path: Path) -> Image.Image:
+def _open(path: Path, decode: bool = True) -> Image.Image:
     if not path.is_file():
         raise SemfuseError(f"cannot read image {path}: no such file")
     try:
         image = Image.open(path)
         if image.width * image.height > _MAX_PIXELS:
             raise SemfuseError(f"image {path} is {image.width}x{image.height}: too large")
+        if not decode:
+            return image
         image.load()
         return ImageOps.exif_transpose(image)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
         raise SemfuseError(f"cannot read image {path}: not a readable image ({exc})") from None
     except Image.DecompressionBombError as exc:
         raise SemfuseError(f"cannot read image {path}: {exc}") from None
+
+
+def image_size(path: str | os.PathLike[str]) -> tuple[int, int]:
+    """``(height, width)`` from the file header, without decoding the pixels."""
+    image = _open(Path(path), decode=False)
+    return image.height, image.width
 
 
 def _drop_opaque_alpha(image: Image.Image, path: Path) -> Image.Image:
@@ -111,6 +122,14 @@ def load_image(path: str | os.PathLike[str]) -> np.ndarray:
     if array.size == 0:
         raise SemfuseError(f"image {path} is empty")
     return array
+
+
+def check_image_suffix(path: str | os.PathLike[str]) -> Path:
+    """Fail early unless the file suffix names an image format that can be written."""
+    path = Path(path)
+    if path.suffix.lower() not in Image.registered_extensions():
+        raise SemfuseError(f"cannot write {path}: unknown image format {path.suffix!r} (use .png)")
+    return path
 
 
 def check_writable(path: str | os.PathLike[str], overwrite: bool = True) -> Path:

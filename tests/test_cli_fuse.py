@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -157,11 +160,77 @@ def test_batch_manifest_groups_sizes_and_reports_failures(
         *FEW_STEPS,
     )
     assert result.returncode == 1 and "1 of 4 sets failed" in result.stderr
-    assert sorted(p.name for p in out_dir.iterdir()) == [
-        "clock.png",
-        "small.png",
-        "small_again.png",
+    written = sorted(p.name for p in out_dir.iterdir())
+    assert written == ["clock.png", "small.png", "small_again.png", "status.jsonl"]
+    status = [json.loads(line) for line in (out_dir / "status.jsonl").read_text().splitlines()]
+    assert sorted((r["name"], r["status"]) for r in status) == [
+        ("broken", "failed"),
+        ("clock", "done"),
+        ("small", "done"),
+        ("small_again", "done"),
     ]
     records = {r["name"]: r for r in json.loads(report.read_text())["sets"]}
     assert records["broken"]["status"] == "failed" and "no such file" in records["broken"]["error"]
     assert records["small"]["batch_size"] == 2 and records["clock"]["batch_size"] == 1
+
+
+def _manifest(tmp_path, paths: list[str], count: int) -> Path:
+    """``count`` sets made of the same small pair, alternately swapped (distinct outputs)."""
+    manifest = tmp_path / "sets.csv"
+    lines = [f"set{i},{paths[i % 2]},{paths[1 - i % 2]}" for i in range(count)]
+    manifest.write_text("\n".join(lines) + "\n")
+    return manifest
+
+
+def test_killed_batch_run_resumes_to_identical_outputs(
+    small_colour_pair, real_weights_file, tmp_path
+):
+    manifest = _manifest(tmp_path, small_colour_pair, 4)
+    common = [f"--pairs={manifest}", f"--weights={real_weights_file}", "--batch_size=1"]
+    steps = ["--epochs=12", "--iters=10"]
+    reference = tmp_path / "reference"
+    assert fuse(*common, f"--output_dir={reference}", *steps).returncode == 0
+
+    out = tmp_path / "resumed"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "semfuse_jax.cli.fuse", *common, f"--output_dir={out}", *steps],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "SEMFUSE_WEIGHTS": ""},
+    )
+    status = out / "status.jsonl"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not (status.is_file() and status.read_text().strip()):
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 143, stderr
+    assert "terminated" in stderr and "Traceback" not in stderr
+    done_before = {json.loads(line)["name"] for line in status.read_text().splitlines()}
+    assert 1 <= len(done_before) < 4
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary files left
+    mtimes = {name: (out / f"{name}.png").stat().st_mtime_ns for name in done_before}
+
+    again = fuse(*common, f"--output_dir={out}", *steps)
+    assert again.returncode == 1 and "--resume" in again.stderr  # refuses to clobber the run
+    resumed = fuse(*common, f"--output_dir={out}", *steps, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    for i in range(4):
+        expected = np.asarray(Image.open(reference / f"set{i}.png"))
+        np.testing.assert_array_equal(np.asarray(Image.open(out / f"set{i}.png")), expected)
+    for name, mtime in mtimes.items():
+        assert (out / f"{name}.png").stat().st_mtime_ns == mtime  # not recomputed
+    records = [json.loads(line) for line in status.read_text().splitlines()]
+    assert sorted(r["name"] for r in records) == [f"set{i}" for i in range(4)]
+
+
+def test_quiet_run_prints_nothing(small_colour_pair, real_weights_file, tmp_path):
+    result = fuse(
+        f"--inputs={','.join(small_colour_pair)}",
+        f"--output={tmp_path / 'q.png'}",
+        f"--weights={real_weights_file}",
+        "--verbosity=-1",
+        *FEW_STEPS,
+    )
+    assert result.returncode == 0 and result.stderr == "" and (tmp_path / "q.png").is_file()

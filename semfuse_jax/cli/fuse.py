@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import platform
 import time
 from collections.abc import Sequence
@@ -40,6 +41,11 @@ _REPORT = flags.DEFINE_string("report", None, "Write a JSON report here.")
 _FIGURE = flags.DEFINE_string("figure", None, "Write a Figure-3 style contact sheet (one set).")
 _LABELS = flags.DEFINE_string("labels", None, "Text file of 1000 ImageNet class names, one a line.")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace existing output files.")
+_RESUME = flags.DEFINE_bool(
+    "resume", False, "Batch mode: skip sets DIR/status.jsonl records as done."
+)
+
+STATUS_FILE = "status.jsonl"
 
 
 def read_manifest(path: Path) -> list[tuple[str, list[Path]]]:
@@ -202,13 +208,28 @@ def load_weights(config: fusion.FusionConfig) -> weights.Weights | None:
     return weights.load_weights(options.WEIGHTS.value, outputs=config.required_outputs)
 
 
+def load_set(inputs: Sequence[Path], config: fusion.FusionConfig) -> np.ndarray:
+    """Check the memory a set needs from the file headers, then load and stack it."""
+    sizes = [io.image_size(p) for p in inputs]
+    needed = fusion.memory_estimate(1, len(inputs), *max(sizes), config)
+    limit = options.memory_limit_bytes()
+    if needed > limit:
+        raise SemfuseError(
+            f"fusing {len(inputs)} images of {sizes[0][1]}x{sizes[0][0]} with {config.method} "
+            f"needs about {needed / 2**30:.1f} GiB, more than the {limit / 2**30:.1f} GiB allowed "
+            "(--max_memory_gb)"
+        )
+    return fusion.stack_set([io.load_image(p) for p in inputs])
+
+
 def fuse_one(config: fusion.FusionConfig, labels: list[str] | None) -> int:
     inputs = [Path(p) for p in _INPUTS.value]
-    output = check_output(Path(_OUTPUT.value), inputs)
-    for extra in (_REPORT.value, _FIGURE.value):
-        if extra:
-            check_output(Path(extra), inputs)
-    images = fusion.stack_set([io.load_image(p) for p in inputs])
+    output = check_output(io.check_image_suffix(_OUTPUT.value), inputs)
+    if _FIGURE.value:
+        check_output(io.check_image_suffix(_FIGURE.value), inputs)
+    if _REPORT.value:
+        check_output(Path(_REPORT.value), inputs)
+    images = load_set(inputs, config)
     w = load_weights(config)
     records, result = fuse_batch(w, config, [output.stem], [images], [output], labels)
     if _FIGURE.value:
@@ -225,28 +246,83 @@ def fuse_one(config: fusion.FusionConfig, labels: list[str] | None) -> int:
     return 0
 
 
+def read_status(path: Path) -> dict[str, dict[str, Any]]:
+    """Latest record per set name from a status file (JSON lines); unreadable lines are ignored."""
+    latest: dict[str, dict[str, Any]] = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+                latest[record["name"]] = record
+            except (ValueError, KeyError, TypeError):
+                continue
+    return latest
+
+
+def append_status(path: Path, records: Sequence[dict[str, Any]]) -> None:
+    """Append records durably (flushed and synced) so a killed run can resume after them."""
+    with open(path, "a") as f:
+        for record in records:
+            f.write(json.dumps({**record, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
 def fuse_many(config: fusion.FusionConfig, labels: list[str] | None) -> int:
+    """Batch mode: fuse every manifest set, recording each in DIR/status.jsonl.
+
+    Sets are batched by shape over the whole manifest, so a resumed run computes exactly the
+    batches an uninterrupted run would; with --resume, sets recorded as done (and whose output
+    exists) are skipped and the outputs of unfinished sets may be replaced.
+    """
     rows = read_manifest(Path(_PAIRS.value))
     out_dir = Path(_OUTPUT_DIR.value)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SemfuseError(f"cannot create {out_dir}: {exc.strerror}") from None
+    status_path = io.check_writable(out_dir / STATUS_FILE)
+    previous = read_status(status_path) if _RESUME.value else {}
+    if not _RESUME.value and status_path.exists():
+        if not _OVERWRITE.value:
+            raise SemfuseError(f"{status_path} exists: pass --resume to continue that run")
+        status_path.unlink()
+    finished = {
+        name
+        for name, record in previous.items()
+        if record.get("status") == "done" and Path(record.get("output", "")).is_file()
+    }
     records: list[dict[str, Any]] = []
     ready: list[tuple[str, np.ndarray, Path]] = []
     for name, inputs in rows:
         try:
-            output = check_output(out_dir / f"{name}.png", inputs)
-            ready.append((name, fusion.stack_set([io.load_image(p) for p in inputs]), output))
+            output = out_dir / f"{name}.png"
+            if name not in finished and not (_RESUME.value and name in previous):
+                check_output(output, inputs)
+            ready.append((name, load_set(inputs, config), output))
         except SemfuseError as exc:
             logging.error("set %s: %s", name, exc)
             records.append({"name": name, "status": "failed", "error": str(exc)})
-    w = load_weights(config)
-    for batch in fusion.group_batches(
-        [images.shape for _, images, _ in ready], options.BATCH.value
-    ):
+    append_status(status_path, records)
+    w = load_weights(config) if len(finished) < len(ready) else None
+    batches = fusion.group_batches([images.shape for _, images, _ in ready], options.BATCH.value)
+    for number, batch in enumerate(batches, start=1):
         names, sets, outputs = (list(x) for x in zip(*(ready[i] for i in batch), strict=True))
-        done, _ = fuse_batch(w, config, names, sets, outputs, labels)
-        records += [{**r, "status": "done"} for r in done]
+        if all(name in finished for name in names):
+            records += [{**previous[name], "resumed": True} for name in names]
+            continue
+        logging.info("batch %d/%d: %s", number, len(batches), ", ".join(names))
+        try:
+            done, _ = fuse_batch(w, config, names, sets, outputs, labels)
+            done = [{**r, "status": "done"} for r in done]
+        except SemfuseError as exc:  # e.g. an output that turned unwritable: record, go on
+            logging.error("batch %s: %s", ", ".join(names), exc)
+            done = [{"name": name, "status": "failed", "error": str(exc)} for name in names]
+        append_status(status_path, done)
+        records += done
     failed = sum(r["status"] == "failed" for r in records)
-    logging.info("%d sets fused, %d failed", len(records) - failed, failed)
+    resumed = sum(bool(r.get("resumed")) for r in records)
+    logging.info("%d sets done (%d from before), %d failed", len(records) - failed, resumed, failed)
     write_report({**run_info(w, config), "sets": records})
     if failed:
         raise SemfuseError(f"{failed} of {len(records)} sets failed (see the log)")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from absl import flags
 
 from semfuse_jax import fusion
@@ -22,6 +24,9 @@ INIT_NOISE = flags.DEFINE_float("init_noise", 0.0, "Std of noise added to the in
 TOP_K = flags.DEFINE_integer("top_k", 1, "Classes combined in each Grad-CAM (FM2/FM3).")
 CLASS = flags.DEFINE_integer("target_class", None, "ImageNet class for every Grad-CAM.")
 CAM_LAYERS = flags.DEFINE_list("cam_layers", ["conv3_4", "conv4_4", "conv5_4"], "Grad-CAM layers.")
+MAX_MEMORY = flags.DEFINE_float(
+    "max_memory_gb", None, "Refuse sets estimated to need more (default: 80% of physical memory)."
+)
 FM2_TARGET = flags.DEFINE_enum(
     "fm2_target", "original", ["original", "weighted"], "FM2 target values."
 )
@@ -47,3 +52,10 @@ def config_from_flags(method: str) -> fusion.FusionConfig:
         init_noise=INIT_NOISE.value,
         seed=SEED.value,
     )
+
+
+def memory_limit_bytes() -> int:
+    """``--max_memory_gb`` in bytes, else 80% of the machine's physical memory."""
+    if MAX_MEMORY.value is not None:
+        return int(MAX_MEMORY.value * 2**30)
+    return int(0.8 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))

@@ -1,0 +1,115 @@
+"""A table of bad inputs across the tools: each exits non-zero with one clear line on stderr,
+no traceback, and leaves no output (nor temporary) file behind."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+GOOD = "good_a.png", "good_b.png"
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory, real_weights_file) -> Path:
+    """A folder of good and bad inputs shared by the cases."""
+    d = tmp_path_factory.mktemp("bad")
+    rng = np.random.default_rng(0)
+    for name in GOOD:
+        Image.fromarray(rng.integers(0, 256, (32, 40, 3), dtype=np.uint8)).save(d / name)
+    Image.fromarray(rng.integers(0, 256, (33, 40, 3), dtype=np.uint8)).save(d / "other_size.png")
+    (d / "empty.png").write_bytes(b"")
+    (d / "text.png").write_text("this is not an image\n")
+    (d / "truncated.png").write_bytes((d / GOOD[0]).read_bytes()[:100])
+    Image.fromarray(rng.integers(0, 256, (32, 40, 3), dtype=np.uint8)).convert("CMYK").save(
+        d / "cmyk.tif"
+    )
+    Image.fromarray(rng.uniform(size=(32, 40)).astype(np.float32)).save(d / "float.tif")
+    rgba = rng.integers(0, 256, (32, 40, 4), dtype=np.uint8)
+    rgba[..., 3] = 0
+    Image.fromarray(rgba).save(d / "transparent.png")
+    corrupt = bytearray(real_weights_file.read_bytes())
+    corrupt[len(corrupt) // 3] ^= 0x10
+    (d / "weights").mkdir()
+    (d / "weights" / real_weights_file.name).write_bytes(bytes(corrupt))
+    (d / "bad.csv").write_text("only_a_name\n")
+    (d / "existing.png").write_bytes((d / GOOD[0]).read_bytes())
+    return d
+
+
+def _cases(d: Path, w: Path) -> list[tuple[str, list[str], str]]:
+    a, b = d / GOOD[0], d / GOOD[1]
+    pair = f"--inputs={a},{b}"
+    out = f"--output={d / 'out.png'}"
+    wf = f"--weights={w}"
+    short = ["--epochs=1", "--iters=2"]
+    fuse = "semfuse_jax.cli.fuse"
+    return [
+        (fuse, [f"--inputs={a},{d / 'missing.png'}", out, wf], "no such file"),
+        (fuse, [f"--inputs={a},{d / 'empty.png'}", out, wf], "not a readable image"),
+        (fuse, [f"--inputs={a},{d / 'text.png'}", out, wf], "not a readable image"),
+        (fuse, [f"--inputs={a},{d / 'truncated.png'}", out, wf], "not a readable image"),
+        (fuse, [f"--inputs={a},{d / 'cmyk.tif'}", out, wf], "unsupported mode CMYK"),
+        (fuse, [f"--inputs={a},{d / 'float.tif'}", out, wf], "unsupported mode F"),
+        (fuse, [f"--inputs={a},{d / 'transparent.png'}", out, wf], "transparent"),
+        (fuse, [f"--inputs={a},{d / 'other_size.png'}", out, wf], "differ in size"),
+        (fuse, [f"--inputs={a}", out, wf], "at least two"),
+        (fuse, [pair, f"--output={a}", wf], "one of the inputs"),
+        (fuse, [pair, f"--output={d / 'nowhere' / 'f.png'}", wf], "does not exist"),
+        (fuse, [pair, f"--output={d / 'existing.png'}", wf], "--overwrite"),
+        (fuse, [pair, f"--output={d / 'out.xyz'}", wf], "unknown image format"),
+        (fuse, [pair, out, wf, "--method=fm9"], "fm9"),
+        (fuse, [pair, out, wf, "--epochs=0"], "epochs"),
+        (fuse, [pair, out, f"--weights={d / 'missing.h5'}"], "does not exist"),
+        (fuse, [pair, out, f"--weights={d / 'weights' / w.name}"], "pinned"),
+        (fuse, [pair, out, wf, "--method=fm3"], "conv4_1"),
+        (fuse, [pair, out, wf, "--max_memory_gb=0.00001"], "GiB"),
+        (fuse, [pair, out, f"--weights={d / 'text.png'}"], "unknown format"),
+        (fuse, [f"--pairs={d / 'bad.csv'}", f"--output_dir={d / 'batch'}", wf], "line 1"),
+        (fuse, [f"--pairs={d / 'none.csv'}", f"--output_dir={d / 'batch'}", wf], "does not exist"),
+        ("semfuse_jax.cli.eval", [pair, f"--fused={d / 'other_size.png'}"], "not the size"),
+        ("semfuse_jax.cli.eval", [pair, f"--fused={d / 'text.png'}"], "not a readable image"),
+        ("semfuse_jax.cli.eval", [pair], "--fused"),
+        ("semfuse_jax.cli.weights", ["info", f"--path={d / 'text.png'}"], "unknown format"),
+        (
+            "semfuse_jax.cli.weights",
+            ["convert", f"--src={w}", f"--out={d / 'no' / 'w.st'}"],
+            "w.st",
+        ),
+        (fuse, [pair, out, wf, *short, "--layers=conv1_1,fc9"], "fc9"),
+    ]
+
+
+def test_bad_input_table(files, real_weights_file):
+    cases = _cases(files, real_weights_file)
+    assert len(cases) >= 15
+    before = sorted(p.relative_to(files) for p in files.rglob("*"))
+    failures = []
+    for module, args, needle in cases:
+        result = subprocess.run(
+            [sys.executable, "-m", module, *args],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "SEMFUSE_WEIGHTS": ""},
+            timeout=300,
+        )
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        ok = (
+            result.returncode != 0
+            and len(lines) == 1
+            and "error" in lines[0]
+            and needle in lines[0]
+            and "Traceback" not in result.stderr
+        )
+        if not ok:
+            failures.append((module, args, result.returncode, result.stderr[-500:]))
+    assert not failures, failures
+    after = sorted(p.relative_to(files) for p in files.rglob("*"))
+    assert after == before  # no output, report, batch folder or temporary file was left behind
+    shutil.rmtree(files / "batch", ignore_errors=True)
