@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from semfuse_jax import sharding
 from semfuse_jax.errors import SemfuseError
 from semfuse_jax.weights import Weights
 
@@ -118,7 +119,7 @@ def optimise(
     schedule: Schedule,
     progress: Callable[[int, int, np.ndarray, float], None] | None = None,
 ) -> OptimiseResult:
-    """Run the Adam schedule on a batch.
+    """Run the Adam schedule on a batch, split over the local devices (see ``sharding``).
 
     Args:
       weights: VGG19 weights holding every layer the targets name.
@@ -130,11 +131,16 @@ def optimise(
         elapsed_seconds)``.
     """
     adam = optax.scale_by_adam(b1=schedule.b1, b2=schedule.b2, eps=schedule.eps)
-    images = jnp.array(init, jnp.float32, copy=True)  # the epochs donate (consume) it
-    targets = {k: jnp.asarray(v, jnp.float32) for k, v in targets.items()}
+    mesh = sharding.batch_mesh()
+    (init, targets), batch = sharding.pad_batch(
+        (np.asarray(init, np.float32), {k: np.asarray(v, np.float32) for k, v in targets.items()}),
+        mesh.size,
+    )
+    images, targets = sharding.shard_batch((init, targets), mesh)  # fresh buffers: donated below
+    weights = sharding.replicate(weights, mesh)
     state = (images, jax.vmap(adam.init)(images))
     loss_fn = jax.jit(batch_loss)
-    history = [np.asarray(loss_fn(weights, images, targets))]
+    history = [np.asarray(loss_fn(weights, images, targets))[:batch]]
 
     start = time.perf_counter()
     epoch = (
@@ -149,7 +155,7 @@ def optimise(
     for e in range(schedule.epochs):
         lr = schedule.lr / 255.0 * schedule.lr_decay**e
         state, _ = epoch(weights, state, targets, jnp.float32(lr))
-        history.append(np.asarray(loss_fn(weights, state[0], targets)))
+        history.append(np.asarray(loss_fn(weights, state[0], targets))[:batch])
         epochs_run = e + 1
         if progress is not None:
             progress(epochs_run, schedule.epochs, history[-1], time.perf_counter() - start)
@@ -157,7 +163,7 @@ def optimise(
             gain = (history[-2] - history[-1]) / np.maximum(history[-2], 1e-30)
             if np.all(gain < schedule.tol):
                 break
-    images = np.asarray(jax.device_get(state[0]))
+    images = np.asarray(jax.device_get(state[0]))[:batch]
     return OptimiseResult(
         images=images,
         loss_history=np.stack(history),

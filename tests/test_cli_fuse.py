@@ -234,3 +234,51 @@ def test_quiet_run_prints_nothing(small_colour_pair, real_weights_file, tmp_path
         *FEW_STEPS,
     )
     assert result.returncode == 0 and result.stderr == "" and (tmp_path / "q.png").is_file()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_split_a_manifest_like_one(small_colour_pair, real_weights_file, tmp_path):
+    manifest = _manifest(tmp_path, small_colour_pair, 6)
+    common = [f"--pairs={manifest}", f"--weights={real_weights_file}", "--batch_size=2", *FEW_STEPS]
+    single = tmp_path / "single"
+    assert fuse(*common, f"--output_dir={single}").returncode == 0
+    split = tmp_path / "split"
+    address = f"127.0.0.1:{_free_port()}"
+    processes = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "semfuse_jax.cli.fuse",
+                *common,
+                f"--output_dir={split}",
+                f"--coordinator_address={address}",
+                "--num_processes=2",
+                f"--process_id={i}",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "SEMFUSE_WEIGHTS": ""},
+        )
+        for i in range(2)
+    ]
+    for process in processes:
+        _, stderr = process.communicate(timeout=300)
+        assert process.returncode == 0, stderr[-2000:]
+    names = {}
+    for i in range(2):
+        status = split / f"status.p{i}.jsonl"
+        names[i] = {json.loads(line)["name"] for line in status.read_text().splitlines()}
+    assert names[0] and names[1] and not names[0] & names[1]
+    assert names[0] | names[1] == {f"set{i}" for i in range(6)}
+    for i in range(6):
+        expected = np.asarray(Image.open(single / f"set{i}.png"))
+        np.testing.assert_array_equal(np.asarray(Image.open(split / f"set{i}.png")), expected)

@@ -45,6 +45,12 @@ _RESUME = flags.DEFINE_bool(
     "resume", False, "Batch mode: skip sets DIR/status.jsonl records as done."
 )
 
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "Multi-host: HOST:PORT of process 0 (jax.distributed)."
+)
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", 1, "Multi-host: number of processes.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", 0, "Multi-host: this process's index.")
+
 STATUS_FILE = "status.jsonl"
 
 
@@ -209,16 +215,8 @@ def load_weights(config: fusion.FusionConfig) -> weights.Weights | None:
 
 
 def load_set(inputs: Sequence[Path], config: fusion.FusionConfig) -> np.ndarray:
-    """Check the memory a set needs from the file headers, then load and stack it."""
-    sizes = [io.image_size(p) for p in inputs]
-    needed = fusion.memory_estimate(1, len(inputs), *max(sizes), config)
-    limit = options.memory_limit_bytes()
-    if needed > limit:
-        raise SemfuseError(
-            f"fusing {len(inputs)} images of {sizes[0][1]}x{sizes[0][0]} with {config.method} "
-            f"needs about {needed / 2**30:.1f} GiB, more than the {limit / 2**30:.1f} GiB allowed "
-            "(--max_memory_gb)"
-        )
+    """Check sizes and memory from the file headers, then load and stack the set."""
+    set_key(inputs, config)
     return fusion.stack_set([io.load_image(p) for p in inputs])
 
 
@@ -268,20 +266,41 @@ def append_status(path: Path, records: Sequence[dict[str, Any]]) -> None:
         os.fsync(f.fileno())
 
 
-def fuse_many(config: fusion.FusionConfig, labels: list[str] | None) -> int:
-    """Batch mode: fuse every manifest set, recording each in DIR/status.jsonl.
+def set_key(inputs: Sequence[Path], config: fusion.FusionConfig) -> tuple[int, int, int]:
+    """``(N, H, W)`` of a set from the file headers, after the memory check; no decoding."""
+    sizes = [io.image_size(p) for p in inputs]
+    if len(set(sizes)) > 1:
+        listed = ", ".join(f"{w}x{h}" for h, w in sizes)
+        raise SemfuseError(f"input images differ in size ({listed}); register/resize them first")
+    needed = fusion.memory_estimate(1, len(inputs), *sizes[0], config)
+    limit = options.memory_limit_bytes()
+    if needed > limit:
+        raise SemfuseError(
+            f"fusing {len(inputs)} images of {sizes[0][1]}x{sizes[0][0]} with {config.method} "
+            f"needs about {needed / 2**30:.1f} GiB, more than the {limit / 2**30:.1f} GiB allowed "
+            "(--max_memory_gb)"
+        )
+    return len(inputs), *sizes[0]
 
-    Sets are batched by shape over the whole manifest, so a resumed run computes exactly the
-    batches an uninterrupted run would; with --resume, sets recorded as done (and whose output
-    exists) are skipped and the outputs of unfinished sets may be replaced.
+
+def fuse_many(config: fusion.FusionConfig, labels: list[str] | None) -> int:
+    """Batch mode: fuse every manifest set, recording each in the status file (JSON lines).
+
+    Batches are formed from the file headers over the whole manifest (same N and size), so every
+    process of a multi-host run, and a resumed run, computes exactly the batches an uninterrupted
+    single-process run would; process ``p`` of ``P`` takes batches ``p, p + P, ...``. Images are
+    loaded batch by batch. With --resume, sets recorded as done (whose output exists) are skipped
+    and the outputs of unfinished sets may be replaced.
     """
+    process, processes = _PROCESS_ID.value, _NUM_PROCESSES.value
     rows = read_manifest(Path(_PAIRS.value))
     out_dir = Path(_OUTPUT_DIR.value)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise SemfuseError(f"cannot create {out_dir}: {exc.strerror}") from None
-    status_path = io.check_writable(out_dir / STATUS_FILE)
+    name = STATUS_FILE if processes == 1 else STATUS_FILE.replace(".", f".p{process}.", 1)
+    status_path = io.check_writable(out_dir / name)
     previous = read_status(status_path) if _RESUME.value else {}
     if not _RESUME.value and status_path.exists():
         if not _OVERWRITE.value:
@@ -292,41 +311,78 @@ def fuse_many(config: fusion.FusionConfig, labels: list[str] | None) -> int:
         for name, record in previous.items()
         if record.get("status") == "done" and Path(record.get("output", "")).is_file()
     }
+
+    def failure(set_name: str, exc: SemfuseError) -> dict[str, Any]:
+        logging.error("set %s: %s", set_name, exc)
+        return {"name": set_name, "status": "failed", "error": str(exc)}
+
     records: list[dict[str, Any]] = []
-    ready: list[tuple[str, np.ndarray, Path]] = []
-    for name, inputs in rows:
+    valid: list[tuple[str, list[Path], Path, tuple[int, int, int]]] = []
+    for set_name, inputs in rows:
+        output = out_dir / f"{set_name}.png"
         try:
-            output = out_dir / f"{name}.png"
-            if name not in finished and not (_RESUME.value and name in previous):
+            if set_name not in finished and not (_RESUME.value and set_name in previous):
                 check_output(output, inputs)
-            ready.append((name, load_set(inputs, config), output))
+            valid.append((set_name, inputs, output, set_key(inputs, config)))
         except SemfuseError as exc:
-            logging.error("set %s: %s", name, exc)
-            records.append({"name": name, "status": "failed", "error": str(exc)})
+            if process == 0:  # header-level failures are the same in every process
+                records.append(failure(set_name, exc))
     append_status(status_path, records)
-    w = load_weights(config) if len(finished) < len(ready) else None
-    batches = fusion.group_batches([images.shape for _, images, _ in ready], options.BATCH.value)
-    for number, batch in enumerate(batches, start=1):
-        names, sets, outputs = (list(x) for x in zip(*(ready[i] for i in batch), strict=True))
-        if all(name in finished for name in names):
-            records += [{**previous[name], "resumed": True} for name in names]
+    batches = fusion.group_batches([key for *_, key in valid], options.BATCH.value)
+    mine = batches[process::processes]
+    todo = [b for b in mine if not all(valid[i][0] in finished for i in b)]
+    w = load_weights(config) if todo else None
+    for number, batch in enumerate(mine, start=1):
+        members = [valid[i] for i in batch]
+        if batch not in todo:
+            records += [{**previous[m[0]], "resumed": True} for m in members]
             continue
-        logging.info("batch %d/%d: %s", number, len(batches), ", ".join(names))
-        try:
-            done, _ = fuse_batch(w, config, names, sets, outputs, labels)
-            done = [{**r, "status": "done"} for r in done]
-        except SemfuseError as exc:  # e.g. an output that turned unwritable: record, go on
-            logging.error("batch %s: %s", ", ".join(names), exc)
-            done = [{"name": name, "status": "failed", "error": str(exc)} for name in names]
+        logging.info("batch %d/%d: %s", number, len(mine), ", ".join(m[0] for m in members))
+        loaded, done = [], []
+        for set_name, inputs, output, _ in members:
+            try:
+                loaded.append(
+                    (set_name, fusion.stack_set([io.load_image(p) for p in inputs]), output)
+                )
+            except SemfuseError as exc:
+                done.append(failure(set_name, exc))
+        for group in fusion.group_batches([images.shape for _, images, _ in loaded], len(loaded)):
+            names, sets, outputs = (list(x) for x in zip(*(loaded[i] for i in group), strict=True))
+            try:
+                fused, _ = fuse_batch(w, config, names, sets, outputs, labels)
+                done += [{**r, "status": "done"} for r in fused]
+            except SemfuseError as exc:  # e.g. an output that turned unwritable: record, go on
+                done += [failure(n, exc) for n in names]
         append_status(status_path, done)
         records += done
     failed = sum(r["status"] == "failed" for r in records)
     resumed = sum(bool(r.get("resumed")) for r in records)
     logging.info("%d sets done (%d from before), %d failed", len(records) - failed, resumed, failed)
-    write_report({**run_info(w, config), "sets": records})
+    write_report({**run_info(w, config), "process": process, "sets": records})
     if failed:
         raise SemfuseError(f"{failed} of {len(records)} sets failed (see the log)")
     return 0
+
+
+def start_distributed() -> None:
+    """Join a multi-host run (``jax.distributed.initialize``) when --num_processes > 1."""
+    processes, process = _NUM_PROCESSES.value, _PROCESS_ID.value
+    if processes < 1 or not 0 <= process < processes:
+        raise SemfuseError("need --num_processes >= 1 and 0 <= --process_id < --num_processes")
+    if processes == 1:
+        return
+    if not _PAIRS.value:
+        raise SemfuseError("multi-host runs take a manifest (--pairs)")
+    if not _COORDINATOR.value:
+        raise SemfuseError("multi-host runs need --coordinator_address=HOST:PORT")
+    try:
+        jax.distributed.initialize(_COORDINATOR.value, processes, process)
+    except Exception as exc:  # jax raises RuntimeError / XlaRuntimeError variants
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise SemfuseError(
+            f"cannot join the multi-host run at {_COORDINATOR.value}: {first}"
+        ) from None
+    logging.info("process %d of %d, %d local devices", process, processes, jax.local_device_count())
 
 
 def main(argv: Sequence[str]) -> int:
@@ -342,6 +398,7 @@ def main(argv: Sequence[str]) -> int:
         raise SemfuseError("--figure is for a single set (--inputs)")
     config = options.config_from_flags(_METHOD.value)
     labels = read_labels()
+    start_distributed()
     return fuse_one(config, labels) if single else fuse_many(config, labels)
 
 
