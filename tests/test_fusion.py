@@ -8,7 +8,7 @@ import pytest
 
 from semfuse_jax import fusion, io
 from semfuse_jax.errors import MissingLayersError, SemfuseError
-from semfuse_jax.optimise import Schedule
+from semfuse_jax.optimise import Schedule, solver_schedule
 from semfuse_jax.synthetic import multifocus_set
 
 SHORT = Schedule(epochs=3, iters=10)
@@ -134,3 +134,17 @@ def test_bad_sets_and_settings_are_refused():
         fusion.FusionConfig(method="fm9")
     with pytest.raises(SemfuseError, match="epochs"):
         Schedule(epochs=0)
+
+
+def test_fast_solver_reaches_the_adam_loss(real_weights, data_dir):
+    folder = data_dir / "multifocus_grey" / "clock"
+    pair = fusion.stack_set([io.load_image(folder / f"clock{s}.jpg") for s in "AB"])
+    images = pair[None, :, 200:280, 120:200]  # 80x80 of the real clock pair
+    adam = fusion.fuse(
+        real_weights, images, fusion.FusionConfig(schedule=Schedule(epochs=20, iters=100))
+    )
+    fast = fusion.fuse(
+        real_weights, images, fusion.FusionConfig(schedule=solver_schedule("fast", Schedule()))
+    )
+    assert fast.loss_history[-1, 0] <= 1.01 * adam.loss_history[-1, 0]
+    assert fast.steps <= adam.steps // 4

@@ -123,6 +123,7 @@ def run_info(w: weights.Weights | None, config: fusion.FusionConfig) -> dict[str
     return {
         "method": config.method,
         "settings": {
+            "solver": options.SOLVER.value,
             "epochs": s.epochs,
             "iters": s.iters,
             "lr": s.lr,

@@ -6,12 +6,15 @@ import os
 
 from absl import flags
 
-from semfuse_jax import fusion
+from semfuse_jax import fusion, optimise
 from semfuse_jax.optimise import Schedule
 
 BATCH = flags.DEFINE_integer("batch_size", 8, "Batch mode: sets fused together (same size).")
 WEIGHTS = flags.DEFINE_string(
     "weights", None, "VGG19 weights file (default: $SEMFUSE_WEIGHTS/cache)."
+)
+SOLVER = flags.DEFINE_enum(
+    "solver", "adam", optimise.SOLVERS, "adam: the schedule below; fast: short converging Adam."
 )
 EPOCHS = flags.DEFINE_integer("epochs", 100, "Adam epochs (learning rate changes per epoch).")
 ITERS = flags.DEFINE_integer("iters", 100, "Adam steps per epoch.")
@@ -44,7 +47,7 @@ def config_from_flags(method: str) -> fusion.FusionConfig:
     return fusion.FusionConfig(
         method=method,
         layers=tuple(LAYERS.value),
-        schedule=schedule,
+        schedule=optimise.solver_schedule(SOLVER.value, schedule),
         top_k=TOP_K.value,
         target_class=CLASS.value,
         cam_layers=tuple(CAM_LAYERS.value),
