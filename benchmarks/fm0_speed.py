@@ -73,8 +73,9 @@ def roofline(pixels: int, channels: int, seconds_per_step: float, peak: float) -
     }
 
 
-def jax_case(w, images: np.ndarray, method: str, steps: int) -> dict:
-    config = fusion.FusionConfig(method=method, schedule=Schedule(epochs=1, iters=steps))
+def jax_case(w, images: np.ndarray, method: str, steps: int, unroll: int = 1) -> dict:
+    schedule = Schedule(epochs=1, iters=steps, unroll=unroll)
+    config = fusion.FusionConfig(method=method, schedule=schedule)
     result = fusion.fuse(w, images, config)
     return {
         "compile_seconds": result.compile_seconds,
@@ -183,6 +184,20 @@ def main(argv: Sequence[str]) -> None:
                     }
                 )
                 print(rows[-1], flush=True)
+        for unroll in (2, 4):  # what unrolling the scan buys, batch 1
+            case = jax_case(w, pair[None], "fm0", steps, unroll)
+            rows.append(
+                {
+                    "impl": f"semfuse_jax fm0 unroll={unroll}",
+                    "size": size,
+                    "batch": 1,
+                    **case,
+                    "sets_per_second_paper_schedule": 1 / case["seconds_per_set_paper_schedule"],
+                    **roofline(size * size, 3, case["seconds_per_step"], peak),
+                    "steps_per_second_per_set": 1 / case["seconds_per_step"],
+                }
+            )
+            print(rows[-1], flush=True)
         if torch_available:
             for compiled in (False, True):
                 runner = TorchFM0(w, pair, compiled)

@@ -92,8 +92,8 @@ def main(argv: Sequence[str]) -> None:
     ]
     for r in rows:
         lines.append(
-            f"| {r['lr']} | {r['lr_decay']} | {r['loss_fraction_at_10_epochs']:.4f} | "
-            f"{r['final_loss_fraction']:.4f} | "
+            f"| {r['lr']} | {r['lr_decay']} | {r['loss_fraction_at_10_epochs']:.6f} | "
+            f"{r['final_loss_fraction']:.6f} | "
             f"{r['psnr_gain_db']:.2f}, {r['psnr_gain_min_db']:.2f} |"
         )
     (out / "schedule.md").write_text("\n".join(lines) + "\n")

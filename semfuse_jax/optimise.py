@@ -38,6 +38,7 @@ class Schedule:
       lr_decay: learning-rate multiplier applied after each epoch.
       tol: stop early once an epoch lowers no set's loss by more than this fraction (0: never).
       b1, b2, eps: Adam's moment decays and denominator offset.
+      unroll: steps unrolled per ``lax.scan`` iteration (a speed setting; results are the same).
     """
 
     epochs: int = 100
@@ -48,6 +49,7 @@ class Schedule:
     b1: float = 0.9
     b2: float = 0.999
     eps: float = 1e-8
+    unroll: int = 1
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.iters < 1:
@@ -111,6 +113,7 @@ def _epoch(
     lr: jax.Array,
     iters: int,
     adam: optax.GradientTransformation,
+    unroll: int = 1,
 ) -> tuple[tuple[jax.Array, Any], jax.Array]:
     """``iters`` projected Adam steps per set; returns the new state and ``[B, iters]`` losses."""
 
@@ -121,7 +124,9 @@ def _epoch(
             direction, s = adam.update(grad, s)
             return (jnp.clip(x - lr * direction, 0.0, 1.0), s), loss
 
-        (image, adam_state), losses = jax.lax.scan(step, (image, adam_state), None, length=iters)
+        (image, adam_state), losses = jax.lax.scan(
+            step, (image, adam_state), None, length=iters, unroll=unroll
+        )
         return image, adam_state, losses
 
     images, adam_states, losses = jax.vmap(one_set)(*state, targets)
@@ -160,8 +165,16 @@ def optimise(
 
     start = time.perf_counter()
     epoch = (
-        jax.jit(_epoch, static_argnames=("iters", "adam"), donate_argnames=("state",))
-        .lower(weights, state, targets, jnp.float32(0.0), iters=schedule.iters, adam=adam)
+        jax.jit(_epoch, static_argnames=("iters", "adam", "unroll"), donate_argnames=("state",))
+        .lower(
+            weights,
+            state,
+            targets,
+            jnp.float32(0.0),
+            iters=schedule.iters,
+            adam=adam,
+            unroll=schedule.unroll,
+        )
         .compile()
     )
     compile_seconds = time.perf_counter() - start

@@ -333,6 +333,7 @@ def fuse_many(config: fusion.FusionConfig, labels: list[str] | None) -> int:
     mine = batches[process::processes]
     todo = [b for b in mine if not all(valid[i][0] in finished for i in b)]
     w = load_weights(config) if todo else None
+    started = time.perf_counter()
     for number, batch in enumerate(mine, start=1):
         members = [valid[i] for i in batch]
         if batch not in todo:
@@ -356,6 +357,16 @@ def fuse_many(config: fusion.FusionConfig, labels: list[str] | None) -> int:
                 done += [failure(n, exc) for n in names]
         append_status(status_path, done)
         records += done
+        finished_now = sum(len(b) for b in mine[:number])
+        total = sum(len(b) for b in mine)
+        elapsed = time.perf_counter() - started
+        logging.info(
+            "%d/%d sets done, %.0fs elapsed, ETA %.0fs",
+            finished_now,
+            total,
+            elapsed,
+            elapsed / finished_now * (total - finished_now),
+        )
     failed = sum(r["status"] == "failed" for r in records)
     resumed = sum(bool(r.get("resumed")) for r in records)
     logging.info("%d sets done (%d from before), %d failed", len(records) - failed, resumed, failed)
