@@ -48,6 +48,7 @@ class FusionConfig:
       cam_layers: layers whose Grad-CAM maps are multiplied (FM2, FM3).
       fm2_weighted_target: FM2 target values are the CAM-weighted features (else the originals).
       init_noise: std of Gaussian noise (grey levels) added to the initial mean image.
+      compute_dtype: the network's dtype inside the optimisation: ``float32`` or ``bfloat16``.
       seed: PRNG seed for ``init_noise``.
     """
 
@@ -60,6 +61,7 @@ class FusionConfig:
     fm2_weighted_target: bool = False
     init_noise: float = 0.0
     seed: int = 0
+    compute_dtype: str = "float32"
 
     def __post_init__(self) -> None:
         if self.method not in ALL_METHODS:
@@ -69,6 +71,8 @@ class FusionConfig:
             raise SemfuseError("at least one loss layer is needed")
         if not 1 <= self.top_k <= 1000:
             raise SemfuseError("top_k must be between 1 and 1000")
+        if self.compute_dtype not in ("float32", "bfloat16"):
+            raise SemfuseError("compute_dtype must be float32 or bfloat16")
         if self.target_class is not None and not 0 <= self.target_class < 1000:
             raise SemfuseError("target_class must be an ImageNet class index 0..999")
 
@@ -252,7 +256,8 @@ def fuse(
     if config.init_noise > 0:
         noise = jax.random.normal(jax.random.key(config.seed), init.shape) * config.init_noise
         init = jnp.clip(init + noise / 255.0, 0.0, 1.0)
-    result = optimise(weights, init, targets, config.schedule, progress)
+    dtype = jnp.bfloat16 if config.compute_dtype == "bfloat16" else None
+    result = optimise(weights, init, targets, config.schedule, progress, dtype)
     return FusionResult(
         fused=result.images,
         average=np.asarray(average),

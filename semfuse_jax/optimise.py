@@ -95,10 +95,17 @@ class OptimiseResult(NamedTuple):
 Targets = Mapping[str, jax.Array]
 
 
-def feature_loss(weights: Weights, image: jax.Array, targets: Targets) -> jax.Array:
-    """``Σ_l ||targets[l] − N_l(image)||²`` for one image ``[H, W, C]``; targets ``[h, w, c]``."""
-    features = weights.features(image[None], tuple(targets))
-    return sum(jnp.sum(jnp.square(targets[k] - features[k][0])) for k in targets)
+def feature_loss(
+    weights: Weights, image: jax.Array, targets: Targets, dtype: Any = None
+) -> jax.Array:
+    """``Σ_l ||targets[l] − N_l(image)||²`` for one image ``[H, W, C]``; targets ``[h, w, c]``.
+
+    ``dtype`` is the network's compute dtype (None: float32); the loss is summed in float32.
+    """
+    features = weights.features(image[None], tuple(targets), dtype=dtype)
+    return sum(
+        jnp.sum(jnp.square(targets[k] - features[k][0].astype(jnp.float32))) for k in targets
+    )
 
 
 def batch_loss(weights: Weights, images: jax.Array, targets: Targets) -> jax.Array:
@@ -114,13 +121,14 @@ def _epoch(
     iters: int,
     adam: optax.GradientTransformation,
     unroll: int = 1,
+    dtype: Any = None,
 ) -> tuple[tuple[jax.Array, Any], jax.Array]:
     """``iters`` projected Adam steps per set; returns the new state and ``[B, iters]`` losses."""
 
     def one_set(image: jax.Array, adam_state: Any, target: Targets):
         def step(carry, _):
             x, s = carry
-            loss, grad = jax.value_and_grad(feature_loss, argnums=1)(weights, x, target)
+            loss, grad = jax.value_and_grad(feature_loss, argnums=1)(weights, x, target, dtype)
             direction, s = adam.update(grad, s)
             return (jnp.clip(x - lr * direction, 0.0, 1.0), s), loss
 
@@ -139,6 +147,7 @@ def optimise(
     targets: Targets,
     schedule: Schedule,
     progress: Callable[[int, int, np.ndarray, float], None] | None = None,
+    dtype: Any = None,
 ) -> OptimiseResult:
     """Run the Adam schedule on a batch, split over the local devices (see ``sharding``).
 
@@ -150,6 +159,8 @@ def optimise(
       schedule: see :class:`Schedule`.
       progress: called on the host after each epoch as ``progress(epoch, epochs, losses [B],
         elapsed_seconds)``.
+      dtype: compute dtype of the network inside the steps (None: float32; ``jnp.bfloat16`` for
+        speed on accelerators). Reported losses are always computed in float32.
     """
     adam = optax.scale_by_adam(b1=schedule.b1, b2=schedule.b2, eps=schedule.eps)
     mesh = sharding.batch_mesh()
@@ -165,7 +176,11 @@ def optimise(
 
     start = time.perf_counter()
     epoch = (
-        jax.jit(_epoch, static_argnames=("iters", "adam", "unroll"), donate_argnames=("state",))
+        jax.jit(
+            _epoch,
+            static_argnames=("iters", "adam", "unroll", "dtype"),
+            donate_argnames=("state",),
+        )
         .lower(
             weights,
             state,
@@ -174,6 +189,7 @@ def optimise(
             iters=schedule.iters,
             adam=adam,
             unroll=schedule.unroll,
+            dtype=dtype,
         )
         .compile()
     )

@@ -148,3 +148,16 @@ def test_fast_solver_reaches_the_adam_loss(real_weights, data_dir):
     )
     assert fast.loss_history[-1, 0] <= 1.01 * adam.loss_history[-1, 0]
     assert fast.steps <= adam.steps // 4
+
+
+def test_bfloat16_network_tracks_float32(real_weights, sharp_images):
+    images = multifocus_set(sharp_images[2])[None]
+    runs = {
+        dtype: fusion.fuse(
+            real_weights, images, fusion.FusionConfig(schedule=SHORT, compute_dtype=dtype)
+        )
+        for dtype in ("float32", "bfloat16")
+    }
+    f32, bf16 = runs["float32"].loss_history[-1, 0], runs["bfloat16"].loss_history[-1, 0]
+    assert bf16 != f32 and abs(bf16 - f32) / f32 < 0.02
+    assert runs["bfloat16"].fused.dtype == np.float32

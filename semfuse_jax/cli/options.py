@@ -27,6 +27,9 @@ INIT_NOISE = flags.DEFINE_float("init_noise", 0.0, "Std of noise added to the in
 TOP_K = flags.DEFINE_integer("top_k", 1, "Classes combined in each Grad-CAM (FM2/FM3).")
 CLASS = flags.DEFINE_integer("target_class", None, "ImageNet class for every Grad-CAM.")
 CAM_LAYERS = flags.DEFINE_list("cam_layers", ["conv3_4", "conv4_4", "conv5_4"], "Grad-CAM layers.")
+COMPUTE_DTYPE = flags.DEFINE_enum(
+    "compute_dtype", "float32", ["float32", "bfloat16"], "Network dtype in the Adam steps."
+)
 MAX_MEMORY = flags.DEFINE_float(
     "max_memory_gb", None, "Refuse sets estimated to need more (default: 80% of physical memory)."
 )
@@ -54,6 +57,7 @@ def config_from_flags(method: str) -> fusion.FusionConfig:
         fm2_weighted_target=FM2_TARGET.value == "weighted",
         init_noise=INIT_NOISE.value,
         seed=SEED.value,
+        compute_dtype=COMPUTE_DTYPE.value,
     )
 
 
