@@ -8,7 +8,7 @@ from PIL import Image, ImageDraw
 LABEL_HEIGHT = 14
 
 
-def _panel(image: np.ndarray, title: str, size: tuple[int, int]) -> Image.Image:
+def panel(image: np.ndarray, title: str, size: tuple[int, int]) -> Image.Image:
     """``[H, W]`` or ``[H, W, 1|3]`` in ``[0, 1]`` → an RGB tile with a caption strip."""
     image = np.asarray(image, np.float32)
     if image.ndim == 2:
@@ -40,23 +40,23 @@ def contact_sheet(
     n, h, w = inputs.shape[:3]
     size = (tile, max(1, round(tile * h / w)))
     rows = [
-        [_panel(inputs[i], f"input {i}", size) for i in range(n)]
-        + [_panel(average, "average", size), _panel(fused, "fused", size)]
+        [panel(inputs[i], f"input {i}", size) for i in range(n)]
+        + [panel(average, "average", size), panel(fused, "fused", size)]
     ]
     if probabilities is not None:
-        rows.append([_panel(probabilities[i], f"CAM P{i}", size) for i in range(n)])
+        rows.append([panel(probabilities[i], f"CAM P{i}", size) for i in range(n)])
     if mixing is not None:
         rows.append(
             [
-                _panel(mixing[i][..., None] * inputs[i], f"mixture P_M{i}·I{i}", size)
+                panel(mixing[i][..., None] * inputs[i], f"mixture P_M{i}·I{i}", size)
                 for i in range(n)
             ]
-            + [_panel(mixing[0], "mixing weight P_M0", size)]
+            + [panel(mixing[0], "mixing weight P_M0", size)]
         )
     cols = max(len(row) for row in rows)
     cell_w, cell_h = size[0], size[1] + LABEL_HEIGHT
     sheet = Image.new("RGB", (cols * cell_w, len(rows) * cell_h), "white")
     for r, row in enumerate(rows):
-        for c, panel in enumerate(row):
-            sheet.paste(panel, (c * cell_w, r * cell_h))
+        for c, tile_image in enumerate(row):
+            sheet.paste(tile_image, (c * cell_w, r * cell_h))
     return sheet
