@@ -3,8 +3,10 @@
 Per set, the loss is ``Σ_l ||G_l − N_l(I)||²`` (plain sum of squares over the layer set ``l``).
 Pixels live in ``[0, 1]`` and are projected back into it after every step. One epoch is one
 jitted ``lax.scan`` of ``iters`` Adam steps, ``vmap``-ped over the sets of the batch (each set has
-its own Adam state, so a batch gives the same result as fusing its sets one by one); a host loop
-runs the epochs, sets the learning rate of each, reports progress and can stop early.
+its own Adam state, so a batch gives the same result as fusing its sets one by one; on a single
+CPU device, where batching the convolutions does not pay, the sets are mapped one after another
+inside the same jitted epoch); a host loop runs the epochs, sets the learning rate of each,
+reports progress and can stop early.
 
 Learning rate: ``lr`` is in grey levels (of 255) per step and decays geometrically once per
 epoch, ``lr_e = lr · lr_decay^e``.
@@ -122,8 +124,12 @@ def _epoch(
     adam: optax.GradientTransformation,
     unroll: int = 1,
     dtype: Any = None,
+    sets_per_chunk: int | None = None,
 ) -> tuple[tuple[jax.Array, Any], jax.Array]:
-    """``iters`` projected Adam steps per set; returns the new state and ``[B, iters]`` losses."""
+    """``iters`` projected Adam steps per set; returns the new state and ``[B, iters]`` losses.
+
+    The sets are ``vmap``-ped, or with ``sets_per_chunk`` mapped in vmapped chunks of that size.
+    """
 
     def one_set(image: jax.Array, adam_state: Any, target: Targets):
         def step(carry, _):
@@ -137,7 +143,12 @@ def _epoch(
         )
         return image, adam_state, losses
 
-    images, adam_states, losses = jax.vmap(one_set)(*state, targets)
+    if sets_per_chunk is None:
+        images, adam_states, losses = jax.vmap(one_set)(*state, targets)
+    else:
+        images, adam_states, losses = jax.lax.map(
+            lambda args: one_set(*args), (*state, targets), batch_size=sets_per_chunk
+        )
     return (images, adam_states), losses
 
 
@@ -170,6 +181,9 @@ def optimise(
     )
     images, targets = sharding.shard_batch((init, targets), mesh)  # fresh buffers: donated below
     weights = sharding.replicate(weights, mesh)
+    # One CPU gains nothing from batching the convolutions of several sets (measured in
+    # benchmarks/fm0_speed.py): there the sets of a batch run one after another.
+    sets_per_chunk = 1 if mesh.size == 1 and jax.default_backend() == "cpu" else None
     state = (images, jax.vmap(adam.init)(images))
     loss_fn = jax.jit(batch_loss)
     history = [np.asarray(loss_fn(weights, images, targets))[:batch]]
@@ -178,7 +192,7 @@ def optimise(
     epoch = (
         jax.jit(
             _epoch,
-            static_argnames=("iters", "adam", "unroll", "dtype"),
+            static_argnames=("iters", "adam", "unroll", "dtype", "sets_per_chunk"),
             donate_argnames=("state",),
         )
         .lower(
@@ -190,6 +204,7 @@ def optimise(
             adam=adam,
             unroll=schedule.unroll,
             dtype=dtype,
+            sets_per_chunk=sets_per_chunk,
         )
         .compile()
     )
