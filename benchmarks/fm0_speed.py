@@ -18,7 +18,6 @@ Writes fm0_speed.json / fm0_speed.md into ``--out``. torch is optional (skipped 
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import time
@@ -29,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
+from tables import save
 
 from semfuse_jax import fusion, io, weights
 from semfuse_jax.optimise import Schedule
@@ -228,11 +228,6 @@ def main(argv: Sequence[str]) -> None:
         "peak_gflops_matmul_2048": peak,
         "jax": jax.__version__,
     }
-    out = Path(_OUT.value)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "fm0_speed.json").write_text(
-        json.dumps({"machine": machine, "agreement": check, "rows": rows}, indent=2) + "\n"
-    )
     lines = [
         f"Machine: {machine['processor']}, {machine['cpu_count']} CPUs, {machine['device']}; "
         f"measured peak {peak:.1f} GFLOP/s (2048² float32 matmul).",
@@ -248,8 +243,7 @@ def main(argv: Sequence[str]) -> None:
             f"{r['gflop_per_step']:.2f} | {r['min_mb_per_step']:.1f} | "
             f"{r['achieved_gflops']:.1f} | {r['percent_of_peak']:.0f} |"
         )
-    (out / "fm0_speed.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    save(_OUT.value, "fm0_speed", {"machine": machine, "agreement": check, "rows": rows}, lines)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from absl import app, flags
 from PIL import Image
+from tables import save
 
 _DATA = flags.DEFINE_string("data", "../shared/data", "Shared data folder.")
 _WEIGHTS = flags.DEFINE_string("weights", None, "VGG19 weights.")
@@ -71,9 +72,6 @@ def main(argv: Sequence[str]) -> None:
                 }
             )
             print(rows[-1], flush=True)
-    out = Path(_OUT.value)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "memory.json").write_text(json.dumps(rows, indent=2) + "\n")
     lines = [
         f"| size | MP | peak RSS MB | end-to-end s ({_STEPS.value} steps) | compile s | ms/step |",
         "|---|---|---|---|---|---|",
@@ -84,8 +82,7 @@ def main(argv: Sequence[str]) -> None:
             f"{r['end_to_end_seconds']:.1f} | {r['compile_seconds']:.1f} | "
             f"{1000 * r['seconds_per_step']:.0f} |"
         )
-    (out / "memory.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    save(_OUT.value, "memory", rows, lines)
 
 
 if __name__ == "__main__":

@@ -7,16 +7,15 @@ Prints a Markdown table and writes metrics_speed.json / metrics_speed.md into ``
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import time
 from collections.abc import Sequence
-from pathlib import Path
 
 import jax
 import numpy as np
 from absl import app, flags
+from tables import save
 
 from semfuse_jax import metrics
 
@@ -50,16 +49,12 @@ def main(argv: Sequence[str]) -> None:
         "cpu_count": os.cpu_count(),
         "machine": platform.machine(),
     }
-    out = Path(_OUT.value)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics_speed.json").write_text(json.dumps(record, indent=2) + "\n")
     table = (
         "| image | metrics | first call (compile) s | median s | min s |\n|---|---|---|---|---|\n"
         f"| {n}×{n}, 2 inputs | all {len(metrics.NAMES)} | {first:.2f} | "
         f"{record['median_seconds']:.3f} | {record['min_seconds']:.3f} |"
     )
-    (out / "metrics_speed.md").write_text(table + "\n")
-    print(table)
+    save(_OUT.value, "metrics_speed", record, table.split("\n"))
 
 
 if __name__ == "__main__":

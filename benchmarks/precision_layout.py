@@ -13,7 +13,6 @@ Writes precision_layout.json / precision_layout.md into ``--out``.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
+from tables import save
 
 from semfuse_jax import fusion, io, metrics, weights
 from semfuse_jax.optimise import Schedule
@@ -108,11 +108,6 @@ def main(argv: Sequence[str]) -> None:
         for lay in ("NHWC", "NCHW")
     ]
     print(layout, flush=True)
-    out = Path(_OUT.value)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "precision_layout.json").write_text(
-        json.dumps({"precision": precision, "layout": layout}, indent=2) + "\n"
-    )
     lines = [
         "| pair | loss bf16/f32 | PSNR bf16 vs f32 | Q_E f32 / bf16 | Q^AB/F (Petrovic) f32 / bf16 "
         "| ms/step f32 / bf16 (CPU) |",
@@ -128,8 +123,7 @@ def main(argv: Sequence[str]) -> None:
         )
     lines += ["", "| layout | batch | ms per conv1_1 step (256²) |", "|---|---|---|"]
     lines += [f"| {r['layout']} | {r['batch']} | {r['ms_per_step']:.2f} |" for r in layout]
-    (out / "precision_layout.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    save(_OUT.value, "precision_layout", {"precision": precision, "layout": layout}, lines)
 
 
 if __name__ == "__main__":

@@ -12,12 +12,12 @@ Writes ``schedule.json`` and ``schedule.md`` into ``--out``.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 from absl import app, flags
+from tables import save
 
 from semfuse_jax import fusion, io, weights
 from semfuse_jax.optimise import Schedule
@@ -72,7 +72,7 @@ def main(argv: Sequence[str]) -> None:
                     "lr_decay": decay,
                     "final_loss_fraction": float(np.mean(result.loss_history[-1] / start)),
                     "loss_fraction_at_10_epochs": float(
-                        np.mean(result.loss_history[min(10, len(start) - 1)] / start)
+                        np.mean(result.loss_history[min(10, len(result.loss_history) - 1)] / start)
                     ),
                     "psnr_gain_db": float(np.mean(gains)),
                     "psnr_gain_min_db": float(np.min(gains)),
@@ -80,9 +80,6 @@ def main(argv: Sequence[str]) -> None:
                 }
             )
             print(rows[-1], flush=True)
-    out = Path(_OUT.value)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "schedule.json").write_text(json.dumps(rows, indent=2) + "\n")
     lines = [
         f"FM0, {len(sharp)} grey synthetic multi-focus sets ({n}x{n}), "
         f"{_EPOCHS.value} x {_ITERS.value} steps",
@@ -96,8 +93,7 @@ def main(argv: Sequence[str]) -> None:
             f"{r['final_loss_fraction']:.6f} | "
             f"{r['psnr_gain_db']:.2f}, {r['psnr_gain_min_db']:.2f} |"
         )
-    (out / "schedule.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    save(_OUT.value, "schedule", rows, lines)
 
 
 if __name__ == "__main__":

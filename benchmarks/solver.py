@@ -11,12 +11,12 @@ Writes solver.json / solver.md into ``--out``.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 from absl import app, flags
+from tables import save
 
 from semfuse_jax import fusion, io, weights
 from semfuse_jax.optimise import Schedule, solver_schedule
@@ -59,9 +59,6 @@ def main(argv: Sequence[str]) -> None:
             }
         )
         print(rows[-1], flush=True)
-    out = Path(_OUT.value)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "solver.json").write_text(json.dumps(rows, indent=2) + "\n")
     lines = [
         "| set | size | adam steps / s | fast steps / s | loss fast / adam | time fast / adam "
         "| PSNR fast vs adam |",
@@ -73,8 +70,7 @@ def main(argv: Sequence[str]) -> None:
             f"{r['adam_seconds']:.0f} | {r['fast_steps']} / {r['fast_seconds']:.1f} | "
             f"{r['loss_ratio']:.4f} | {r['time_ratio']:.3f} | {r['psnr_fast_vs_adam_db']:.1f} dB |"
         )
-    (out / "solver.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    save(_OUT.value, "solver", rows, lines)
 
 
 if __name__ == "__main__":
