@@ -16,7 +16,7 @@ channel weights.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -48,6 +48,37 @@ def class_weights(logits: jax.Array, top_k: int = 1, target_class: int | None = 
     return jnp.sum(jax.nn.one_hot(top_i, n_classes) * top_p[..., None], axis=-2)
 
 
+def _grad_cam(
+    weights: Weights,
+    images: jax.Array,
+    choose: Callable[[jax.Array], jax.Array],
+    layers: Sequence[str],
+) -> tuple[jax.Array, jax.Array]:
+    """One forward and backward pass: ``(maps [B, L, H, W], logits [B, 1000])``.
+
+    ``choose`` maps the logits to the ``[B, 1000]`` class weights of the score; it sees the
+    logits of the same forward pass and is not differentiated.
+    """
+    names = tuple(activation_name(layer) for layer in layers)
+    outputs = (*names, "logits")
+    shapes = jax.eval_shape(lambda x: weights.features(x, outputs), images)
+    zeros = {name: jnp.zeros(shapes[name].shape, shapes[name].dtype) for name in names}
+
+    def score(taps: dict[str, jax.Array]) -> tuple[jax.Array, dict[str, jax.Array]]:
+        out = weights.features(images, outputs, taps=taps)
+        cls_weights = jax.lax.stop_gradient(choose(out["logits"]))
+        return jnp.sum(out["logits"] * cls_weights), out
+
+    grads, acts = jax.grad(score, has_aux=True)(zeros)
+    batch, height, width = images.shape[:3]
+    maps = []
+    for name in names:
+        alpha = jnp.mean(grads[name], axis=(1, 2))  # [B, C]
+        cam = jax.nn.relu(jnp.einsum("bhwc,bc->bhw", acts[name], alpha))
+        maps.append(jax.image.resize(cam, (batch, height, width), "bilinear"))
+    return jnp.stack(maps, axis=1), acts["logits"]
+
+
 def layer_maps(
     weights: Weights,
     images: jax.Array,
@@ -62,23 +93,7 @@ def layer_maps(
       cls_weights: ``[B, 1000]`` weights of the class scores (see :func:`class_weights`).
       layers: conv layer names whose rectified outputs are differentiated.
     """
-    names = tuple(activation_name(layer) for layer in layers)
-    outputs = (*names, "logits")
-    shapes = jax.eval_shape(lambda x: weights.features(x, outputs), images)
-    zeros = {name: jnp.zeros(shapes[name].shape, shapes[name].dtype) for name in names}
-
-    def score(taps: dict[str, jax.Array]) -> tuple[jax.Array, dict[str, jax.Array]]:
-        out = weights.features(images, outputs, taps=taps)
-        return jnp.sum(out["logits"] * cls_weights), out
-
-    grads, acts = jax.grad(score, has_aux=True)(zeros)
-    batch, height, width = images.shape[:3]
-    maps = []
-    for name in names:
-        alpha = jnp.mean(grads[name], axis=(1, 2))  # [B, C]
-        cam = jax.nn.relu(jnp.einsum("bhwc,bc->bhw", acts[name], alpha))
-        maps.append(jax.image.resize(cam, (batch, height, width), "bilinear"))
-    return jnp.stack(maps, axis=1)
+    return _grad_cam(weights, images, lambda _: cls_weights, layers)[0]
 
 
 def normalise(maps: jax.Array, eps: float = 1e-12) -> jax.Array:
@@ -104,8 +119,9 @@ def probability_map(
     Returns:
       ``(P [B, H, W], per-layer maps [B, L, H, W], logits [B, 1000])``.
     """
-    logits = weights.features(images, ("logits",))["logits"]
-    maps = layer_maps(weights, images, class_weights(logits, top_k, target_class), layers)
+    maps, logits = _grad_cam(
+        weights, images, lambda logits: class_weights(logits, top_k, target_class), layers
+    )
     return normalise(jnp.prod(maps, axis=1)), maps, logits
 
 

@@ -113,6 +113,13 @@ class FusionResult:
     mixing: np.ndarray | None = None
 
 
+def check_same_size(sizes: Sequence[tuple[int, int]]) -> None:
+    """Refuse a set whose ``(height, width)`` sizes differ."""
+    if len(set(sizes)) > 1:
+        listed = ", ".join(f"{w}x{h}" for h, w in sizes)
+        raise SemfuseError(f"input images differ in size ({listed}); register/resize them first")
+
+
 def stack_set(images: Sequence[np.ndarray]) -> np.ndarray:
     """Stack one set of ``[H, W, 1|3]`` images to ``[N, H, W, C]``.
 
@@ -123,10 +130,7 @@ def stack_set(images: Sequence[np.ndarray]) -> np.ndarray:
     """
     if len(images) < 2:
         raise SemfuseError("fusion needs at least two input images")
-    sizes = {image.shape[:2] for image in images}
-    if len(sizes) > 1:
-        listed = ", ".join(f"{w}x{h}" for h, w in (image.shape[:2] for image in images))
-        raise SemfuseError(f"input images differ in size ({listed}); register/resize them first")
+    check_same_size([image.shape[:2] for image in images])
     channels = max(image.shape[-1] for image in images)
     return np.stack([np.broadcast_to(image, (*image.shape[:2], channels)) for image in images])
 

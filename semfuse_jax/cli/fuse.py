@@ -270,9 +270,7 @@ def append_status(path: Path, records: Sequence[dict[str, Any]]) -> None:
 def set_key(inputs: Sequence[Path], config: fusion.FusionConfig) -> tuple[int, int, int]:
     """``(N, H, W)`` of a set from the file headers, after the memory check; no decoding."""
     sizes = [io.image_size(p) for p in inputs]
-    if len(set(sizes)) > 1:
-        listed = ", ".join(f"{w}x{h}" for h, w in sizes)
-        raise SemfuseError(f"input images differ in size ({listed}); register/resize them first")
+    fusion.check_same_size(sizes)
     needed = fusion.memory_estimate(1, len(inputs), *sizes[0], config)
     limit = options.memory_limit_bytes()
     if needed > limit:
