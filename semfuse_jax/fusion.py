@@ -10,6 +10,11 @@ inputs replicated, see :func:`stack_set`).
   (the target holds the original feature values by default; ``fm2_weighted_target`` uses the
   weighted ones).
 - FM3: no optimisation: ``I* = Σ_i P_Mi · I_i`` with the CAM mixing weights.
+- FM4 (beyond the paper): Adam from an activity-guided Laplacian pyramid
+  (:func:`semfuse_jax.baselines.activity_pyramid`) towards the inputs' features chosen by the
+  same channel-consistent local activity, keeping per set the last epoch that improved on
+  source-referenced quality (Q_E and Petrovic Q^{AB/F}, neither worse; :func:`fm4_quality`).
+  ``benchmarks/fm4_experiment.py`` and ``benchmarks/RESULTS.md`` show why.
 
 Grey sets are optimised as a single grey plane replicated inside the network, so the result is
 exactly grey.
@@ -25,13 +30,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from semfuse_jax import cam, rules
-from semfuse_jax.baselines import BASELINES, fuse_baseline
+from semfuse_jax import cam, metrics, rules
+from semfuse_jax.baselines import BASELINES, activity_pyramid, fuse_baseline
 from semfuse_jax.errors import SemfuseError
 from semfuse_jax.optimise import Schedule, optimise
 from semfuse_jax.weights import Weights
 
-METHODS: tuple[str, ...] = ("fm0", "fm1", "fm2", "fm3")
+METHODS: tuple[str, ...] = ("fm0", "fm1", "fm2", "fm3", "fm4")
 ALL_METHODS: tuple[str, ...] = METHODS + BASELINES
 
 
@@ -42,12 +47,12 @@ class FusionConfig:
     Attributes:
       method: one of :data:`METHODS` or a classical baseline (:data:`BASELINES`).
       layers: VGG19 conv outputs in the loss (the paper: ``conv1_1``).
-      schedule: Adam schedule (FM0–FM2).
+      schedule: Adam schedule (FM0–FM2, FM4; FM4 may stop earlier on quality).
       top_k: classes combined in each input's Grad-CAM (1 = the top class).
       target_class: if set, the Grad-CAM class for every input (overrides ``top_k``).
       cam_layers: layers whose Grad-CAM maps are multiplied (FM2, FM3).
       fm2_weighted_target: FM2 target values are the CAM-weighted features (else the originals).
-      init_noise: std of Gaussian noise (grey levels) added to the initial mean image.
+      init_noise: std of Gaussian noise (grey levels) added to the initial image.
       compute_dtype: the network's dtype inside the optimisation: ``float32`` or ``bfloat16``.
       seed: PRNG seed for ``init_noise``.
     """
@@ -101,6 +106,8 @@ class FusionResult:
       compile_seconds, optimise_seconds: timings of the optimisation (0 for FM3).
       probabilities: ``[B, N, H, W]`` CAM probability maps (FM2/FM3), else None.
       mixing: ``[B, N, H, W]`` mixing weights (FM3), else None.
+      quality_history: ``[E + 1, B, 2]`` FM4's Q_E and Petrovic Q^{AB/F} per epoch, else None.
+      best_epoch: ``[B]`` epoch each FM4 result comes from (0: the pyramid start), else None.
     """
 
     fused: np.ndarray
@@ -111,6 +118,8 @@ class FusionResult:
     optimise_seconds: float = 0.0
     probabilities: np.ndarray | None = None
     mixing: np.ndarray | None = None
+    quality_history: np.ndarray | None = None
+    best_epoch: np.ndarray | None = None
 
 
 def check_same_size(sizes: Sequence[tuple[int, int]]) -> None:
@@ -194,7 +203,10 @@ def fusion_targets(
     probabilities: jax.Array | None = None,
     weighted_target: bool = False,
 ) -> dict[str, jax.Array]:
-    """Fused target feature maps ``{layer: [B, h, w, c]}`` of ``[B, N, H, W, C]`` images."""
+    """Fused target feature maps ``{layer: [B, h, w, c]}`` of ``[B, N, H, W, C]`` images.
+
+    ``probabilities`` ``[B, N, H, W]`` are the CAM maps (FM2) or the activity weights (FM4).
+    """
     feats = _flat_features(weights, images, layers)
     targets = {}
     for layer, f in feats.items():  # f: [N, B, h, w, c]
@@ -206,7 +218,10 @@ def fusion_targets(
             p = jnp.swapaxes(probabilities, 0, 1)  # [N, B, H, W]
             if p.shape[-2:] != f.shape[-3:-1]:
                 p = jax.image.resize(p, (*p.shape[:2], *f.shape[-3:-1]), "bilinear")
-            targets[layer] = rules.cam_weighted_choose_max(f, p, weighted_target)
+            if method == "fm4":
+                targets[layer] = rules.blend(f, p)
+            else:
+                targets[layer] = rules.cam_weighted_choose_max(f, p, weighted_target)
     return targets
 
 
@@ -253,15 +268,23 @@ def fuse(
             probabilities=np.asarray(probabilities),
             mixing=np.asarray(mixing),
         )
+    init, quality = average, None
+    if config.method == "fm4":
+        init, activity = activity_pyramid(images)
+        probabilities = jnp.swapaxes(
+            rules.activity_weights(jnp.swapaxes(activity, 0, 1), 1, 0), 0, 1
+        )
+        quality = fm4_quality(np.asarray(images))
     targets = fusion_targets(
         weights, images, config.method, config.layers, probabilities, config.fm2_weighted_target
     )
-    init = average
     if config.init_noise > 0:
         noise = jax.random.normal(jax.random.key(config.seed), init.shape) * config.init_noise
         init = jnp.clip(init + noise / 255.0, 0.0, 1.0)
     dtype = jnp.bfloat16 if config.compute_dtype == "bfloat16" else None
-    result = optimise(weights, init, targets, config.schedule, progress, dtype)
+    result = optimise(weights, init, targets, config.schedule, progress, dtype, quality)
+    if config.method == "fm4":
+        probabilities = None  # activity weights, not CAM maps
     return FusionResult(
         fused=result.images,
         average=np.asarray(average),
@@ -270,7 +293,27 @@ def fuse(
         compile_seconds=result.compile_seconds,
         optimise_seconds=result.optimise_seconds,
         probabilities=None if probabilities is None else np.asarray(probabilities),
+        quality_history=result.quality_history,
+        best_epoch=result.best_epoch,
     )
+
+
+def fm4_quality(images: np.ndarray) -> Callable[[np.ndarray], np.ndarray] | None:
+    """FM4's stopping signal for a batch of sets ``[B, N, H, W, C]``: a function scoring
+    candidates ``[B, H, W, C] → [B, 2]`` by Q_E and Petrovic Q^{AB/F} against the inputs
+    (luminance, float64); both use only the inputs, no reference image. None for images
+    smaller than the metrics' 11×11 minimum (FM4 then runs its whole schedule)."""
+    if min(images.shape[2:4]) < 11:
+        return None
+    sources = metrics.luminance_255(images)
+
+    def score(fused: np.ndarray) -> np.ndarray:
+        candidate = metrics.luminance_255(fused)
+        return np.stack(
+            [metrics.qe(sources, candidate), metrics.qabf_petrovic(sources, candidate)], axis=-1
+        )
+
+    return score
 
 
 @jax.jit

@@ -32,12 +32,19 @@ _GREY_MODES = {"1": 1.0, "L": 255.0, "I;16": 65535.0, "I;16B": 65535.0, "I;16L":
 _MAX_PIXELS = 1 << 28
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success rename it onto ``path``.
 
     The temporary file keeps ``path``'s suffix (so writers that pick a format from it work) and is
-    removed if the body raises, so ``path`` is either untouched or complete.
+    removed if the body raises, so ``path`` is either untouched or complete. The result gets the
+    usual permissions of a new file (0666 less the umask), not the temporary file's 0600.
     """
     path = Path(path)
     try:
@@ -47,6 +54,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_current_umask())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):

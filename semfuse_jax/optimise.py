@@ -6,7 +6,8 @@ jitted ``lax.scan`` of ``iters`` Adam steps, ``vmap``-ped over the sets of the b
 its own Adam state, so a batch gives the same result as fusing its sets one by one; on a single
 CPU device, where batching the convolutions does not pay, the sets are mapped one after another
 inside the same jitted epoch); a host loop runs the epochs, sets the learning rate of each,
-reports progress and can stop early.
+reports progress and can stop early, on the loss (``tol``) or on a quality function of the
+images, keeping each set's best epoch (FM4).
 
 Learning rate: ``lr`` is in grey levels (of 255) per step and decays geometrically once per
 epoch, ``lr_e = lr · lr_decay^e``.
@@ -85,6 +86,10 @@ class OptimiseResult(NamedTuple):
       steps: Adam steps taken per set.
       compile_seconds: time to compile the epoch function.
       optimise_seconds: time spent running epochs (after compilation).
+      quality_history: ``[E + 1, B, K]`` the K quality scores of each set at the start and
+        after each epoch run (None without a ``quality`` function).
+      best_epoch: ``[B]`` epoch whose images each set returns (0: the initial images; None
+        without a ``quality`` function, when the last epoch's images are returned).
     """
 
     images: np.ndarray
@@ -92,6 +97,8 @@ class OptimiseResult(NamedTuple):
     steps: int
     compile_seconds: float
     optimise_seconds: float
+    quality_history: np.ndarray | None = None
+    best_epoch: np.ndarray | None = None
 
 
 Targets = Mapping[str, jax.Array]
@@ -159,6 +166,7 @@ def optimise(
     schedule: Schedule,
     progress: Callable[[int, int, np.ndarray, float], None] | None = None,
     dtype: Any = None,
+    quality: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> OptimiseResult:
     """Run the Adam schedule on a batch, split over the local devices (see ``sharding``).
 
@@ -172,6 +180,12 @@ def optimise(
         elapsed_seconds)``.
       dtype: compute dtype of the network inside the steps (None: float32; ``jnp.bfloat16`` for
         speed on accelerators). Reported losses are always computed in float32.
+      quality: optional host function scoring images ``[B, H, W, C] → [B, K]`` on K criteria
+        (higher is better). It scores the initial images and each epoch's result; an epoch's
+        images replace a set's kept ones when they are no worse on any criterion and better on
+        their sum. Each set stops at its first epoch without such a gain and returns its kept
+        images (so a set's result does not depend on the batch it runs in); the run stops when
+        every set has stopped (early stopping on quality instead of on the loss).
     """
     adam = optax.scale_by_adam(b1=schedule.b1, b2=schedule.b2, eps=schedule.eps)
     mesh = sharding.batch_mesh()
@@ -187,6 +201,13 @@ def optimise(
     state = (images, jax.vmap(adam.init)(images))
     loss_fn = jax.jit(batch_loss)
     history = [np.asarray(loss_fn(weights, images, targets))[:batch]]
+    best = scores = None
+    if quality is not None:
+        best = np.array(init[:batch], np.float32)
+        scores = [np.asarray(quality(best), np.float64)]
+        kept = scores[0]
+        best_epoch = np.zeros(batch, np.int64)
+        active = np.ones(batch, bool)
 
     start = time.perf_counter()
     epoch = (
@@ -219,15 +240,27 @@ def optimise(
         epochs_run = e + 1
         if progress is not None:
             progress(epochs_run, schedule.epochs, history[-1], time.perf_counter() - start)
+        if quality is not None:
+            current = np.asarray(jax.device_get(state[0]))[:batch]
+            scores.append(np.asarray(quality(current), np.float64))
+            new = scores[-1]
+            better = active & np.all(new >= kept, axis=-1) & (new.sum(-1) > kept.sum(-1))
+            best[better] = current[better]
+            kept = np.where(better[:, None], new, kept)
+            best_epoch[better] = epochs_run
+            active = better  # a set stops at its first epoch without gain, batched or alone
+            if not np.any(active):
+                break
         if schedule.tol > 0:
             gain = (history[-2] - history[-1]) / np.maximum(history[-2], 1e-30)
             if np.all(gain < schedule.tol):
                 break
-    images = np.asarray(jax.device_get(state[0]))[:batch]
     return OptimiseResult(
-        images=images,
+        images=np.asarray(jax.device_get(state[0]))[:batch] if best is None else best,
         loss_history=np.stack(history),
         steps=epochs_run * schedule.iters,
         compile_seconds=compile_seconds,
         optimise_seconds=time.perf_counter() - start,
+        quality_history=None if scores is None else np.stack(scores),
+        best_epoch=None if scores is None else best_epoch,
     )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 
@@ -72,3 +73,52 @@ def cam_weighted_choose_max(
     weighted = features * probabilities[..., None]
     index = choose_max_index(weighted)
     return select(weighted if weighted_target else features, index)
+
+
+def _window_count(size: int, radius: int) -> np.ndarray:
+    """How many in-range positions each of ``size`` positions has within ``±radius``."""
+    i = np.arange(size)
+    return (np.minimum(i + radius, size - 1) - np.maximum(i - radius, 0) + 1).astype(np.float64)
+
+
+def box_mean(x: jax.Array, radius: int) -> jax.Array:
+    """Mean over the in-image part of each ``(2r+1) × (2r+1)`` window of the last two axes.
+
+    ``x``: ``[..., H, W]`` → ``[..., H, W]`` (windows are cut at the border, not padded).
+    """
+    if radius == 0:
+        return x
+    size = 2 * radius + 1
+    dims = (1,) * (x.ndim - 2) + (size, size)
+    pads = ((0, 0),) * (x.ndim - 2) + ((radius, radius),) * 2
+    strides = (1,) * x.ndim
+    total = lax.reduce_window(x, 0.0, lax.add, dims, strides, pads)
+    h, w = x.shape[-2:]
+    count = np.outer(_window_count(h, radius), _window_count(w, radius))  # static: no folding
+    return total / jnp.asarray(count, x.dtype)
+
+
+def activity_weights(activity: jax.Array, radius: int = 1, smooth: int = 2) -> jax.Array:
+    """FM4's choice: per position, the input with the most local activity, with soft seams.
+
+    Args:
+      activity: ``[N, ..., H, W]`` non-negative activity of each input (e.g. band energy
+        summed over channels, so that one choice serves every channel).
+      radius: activity is averaged over ``(2·radius+1)²`` windows before the inputs compete.
+      smooth: the one-hot winner map is box-averaged over ``(2·smooth+1)²`` windows, so that
+        seams between inputs become ramps (0: hard choice).
+
+    Returns:
+      ``[N, ..., H, W]`` weights ≥ 0 that sum to 1 over the inputs. Ties go to the lowest index.
+    """
+    winner = jnp.argmax(box_mean(activity, radius), axis=0)
+    one_hot = jax.nn.one_hot(winner, activity.shape[0], axis=0, dtype=activity.dtype)
+    return box_mean(one_hot, smooth)
+
+
+def blend(features: jax.Array, weights: jax.Array) -> jax.Array:
+    """``Σ_i weights[i] · features[i]``.
+
+    ``features`` ``[N, ..., H, W, C]`` and ``weights`` ``[N, ..., H, W]`` → ``[..., H, W, C]``.
+    """
+    return jnp.sum(weights[..., None] * features, axis=0)

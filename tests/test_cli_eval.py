@@ -57,7 +57,7 @@ def test_table_mode_on_the_shared_pairs(data_dir, real_weights_file, tmp_path):
         "ir_visible/TNO_Dune",
         "ir_visible/UNcamp_bristol",
     ]
-    methods = ["average", "dwt", "laplacian", "fm0", "fm1"]
+    methods = ["average", "dwt", "laplacian", "fm0", "fm1", "fm4"]
     result = evaluate(
         f"--table={data_dir}",
         f"--sets={','.join(sets)}",
@@ -74,6 +74,11 @@ def test_table_mode_on_the_shared_pairs(data_dir, real_weights_file, tmp_path):
     assert {r["method"] for r in rows} == set(methods)
     clock = {r["method"]: float(r["qabf_petrovic"]) for r in rows if r["set"] == "clock"}
     assert clock["laplacian"] > clock["average"]  # a multi-scale method keeps more edges
+    kept = [
+        r for r in json.loads((tmp_path / "table.json").read_text())["rows"] if "kept_epoch" in r
+    ]
+    assert [r["method"] for r in kept] == ["fm4"] * len(sets)
+    assert all(r["kept_epoch"] in (0, 1) for r in kept)  # one epoch: the start or its result
     table = (tmp_path / "table.md").read_text()
     assert table.count("### ") == len(sets) and "**" in table
     summary = (tmp_path / "summary.md").read_text()

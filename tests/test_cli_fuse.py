@@ -114,6 +114,28 @@ def small_colour_pair(data_dir, tmp_path_factory) -> list[str]:
     return paths
 
 
+def test_fm4_writes_the_fusion_and_reports_its_quality(data_dir, real_weights_file, tmp_path):
+    folder = data_dir / "medical" / "head_bristol"
+    out, report = tmp_path / "head.png", tmp_path / "r.json"
+    result = fuse(
+        f"--inputs={folder / 'medA.jpg'},{folder / 'medB.jpg'}",
+        f"--output={out}",
+        f"--weights={real_weights_file}",
+        f"--report={report}",
+        "--method=fm4",
+        "--epochs=3",
+        "--iters=20",
+    )
+    assert result.returncode == 0, result.stderr
+    assert Image.open(out).mode == "L"
+    record = json.loads(report.read_text())
+    qe, qabf, best = (record[k] for k in ("quality_history", "quality_history", "best_epoch"))
+    qe, qabf = qe["qe"], qabf["qabf_petrovic"]
+    assert record["method"] == "fm4" and best > 0  # the refinement beat the pyramid start
+    assert qe[best] >= qe[0] and qabf[best] >= qabf[0] and qe[best] + qabf[best] > qe[0] + qabf[0]
+    assert record["steps"] == 20 * (len(qe) - 1)
+
+
 @pytest.mark.parametrize("method", ["fm2", "fm3"])
 def test_cam_methods_run_with_full_weights_and_report_classes(
     method, small_colour_pair, full_weights_file, tmp_path

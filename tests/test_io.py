@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import stat
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -106,3 +109,15 @@ def test_save_image_is_atomic_and_refuses_nan(tmp_path):
     assert list(tmp_path.iterdir()) == []
     io.save_image(target, np.linspace(0, 1, 48).reshape(4, 4, 3))
     assert Image.open(target).mode == "RGB" and list(tmp_path.iterdir()) == [target]
+
+
+def test_written_files_get_the_usual_permissions_not_the_temporary_0600(tmp_path):
+    old = os.umask(0o022)
+    try:
+        io.save_image(tmp_path / "shared.png", np.zeros((4, 4, 1)))
+        os.umask(0o077)
+        io.save_image(tmp_path / "private.png", np.zeros((4, 4, 1)))
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "shared.png").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "private.png").stat().st_mode) == 0o600

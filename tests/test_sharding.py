@@ -42,7 +42,7 @@ def test_sharded_batch_equals_unsharded(real_weights, real_weights_file, data_di
     sets = np.stack([multifocus_set(c) for c in crops])
     np.save(tmp_path / "sets.npy", sets)
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
-    for method in ("fm0", "fm1"):
+    for method in ("fm0", "fm1", "fm4"):
         result = subprocess.run(
             [
                 sys.executable,

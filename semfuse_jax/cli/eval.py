@@ -146,10 +146,11 @@ def table_mode() -> int:
                 io.save_image(
                     out / "fused" / config.method / f"{domain}__{name}.png", result.fused[b]
                 )
-                records.append(
-                    {"domain": domain, "set": name, "method": config.method, "steps": result.steps}
-                    | score(sets[i], result.fused[b])
-                )
+                record = {"domain": domain, "set": name, "method": config.method}
+                record["steps"] = result.steps
+                if result.best_epoch is not None:  # FM4: the epoch its result comes from
+                    record["kept_epoch"] = int(result.best_epoch[b])
+                records.append(record | score(sets[i], result.fused[b]))
     s = configs[0].schedule
     settings = {"epochs": s.epochs, "iters": s.iters, "lr": s.lr, "lr_decay": s.lr_decay}
     write_table(out, records, {"methods": _METHODS.value, **settings})

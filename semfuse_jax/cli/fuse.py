@@ -179,6 +179,12 @@ def fuse_batch(
             "batch_seconds": seconds,
             "batch_size": len(names),
         }
+        if result.quality_history is not None:  # FM4: the quality signal and the kept epoch
+            record["quality_history"] = {
+                name: [float(x) for x in result.quality_history[:, b, k]]
+                for k, name in enumerate(("qe", "qabf_petrovic"))
+            }
+            record["best_epoch"] = int(result.best_epoch[b])
         classes = class_report(w, sets[b], result.fused[b], labels)
         if classes is not None:
             record["classes"] = classes

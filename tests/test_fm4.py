@@ -1,0 +1,174 @@
+"""FM4: activity rules on hand-built cases, the pyramid start, quality stopping, batching."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from semfuse_jax import baselines, fusion, io, metrics, rules
+from semfuse_jax.optimise import Schedule, optimise
+from semfuse_jax.synthetic import multifocus_set
+
+SHORT = Schedule(epochs=4, iters=10, lr=1.0, lr_decay=0.7)
+
+
+def test_box_mean_cuts_windows_at_the_border():
+    x = np.arange(20.0).reshape(4, 5)
+    got = np.asarray(rules.box_mean(jnp.asarray(x), 1))
+    assert got[0, 0] == np.mean([0, 1, 5, 6])  # corner: 2x2 in-image window
+    assert got[1, 1] == np.mean(x[0:3, 0:3])  # interior: full 3x3 window
+    assert got[3, 4] == np.mean([13, 14, 18, 19])
+    np.testing.assert_array_equal(np.asarray(rules.box_mean(jnp.asarray(x), 0)), x)
+
+
+def test_activity_weights_pick_the_active_input_and_ramp_at_the_seam():
+    activity = np.zeros((2, 1, 12), np.float32)
+    activity[0, :, :6] = 1.0  # input 0 busier on the left, input 1 on the right
+    activity[1, :, 6:] = 1.0
+    hard = np.asarray(rules.activity_weights(jnp.asarray(activity), radius=0, smooth=0))
+    np.testing.assert_array_equal(hard[0, 0], [1] * 6 + [0] * 6)
+    soft = np.asarray(rules.activity_weights(jnp.asarray(activity), radius=0, smooth=2))
+    np.testing.assert_allclose(soft.sum(axis=0), 1.0, atol=1e-6)
+    np.testing.assert_array_equal(soft[0, 0, :4], 1.0)  # far from the seam: a clean choice
+    np.testing.assert_array_equal(soft[1, 0, 8:], 1.0)
+    np.testing.assert_allclose(soft[0, 0, 4:8], [0.8, 0.6, 0.4, 0.2], atol=1e-6)  # the ramp
+
+
+def test_activity_weights_average_before_choosing_and_ties_go_to_the_first():
+    activity = np.zeros((2, 3, 3), np.float32)
+    activity[0, 1, 1] = 5.0  # one hot spot for input 0 ...
+    activity[1] = 1.0  # ... against uniform activity of input 1
+    w = np.asarray(rules.activity_weights(jnp.asarray(activity), radius=1, smooth=0))
+    # 3x3 means: input 0 has 5/4 at the corners, 5/6 at the edges, 5/9 in the middle; input 1: 1
+    expected = np.array([[1, 0, 1], [0, 0, 0], [1, 0, 1]])
+    np.testing.assert_array_equal(w[0], expected)
+    tie = np.asarray(rules.activity_weights(jnp.ones((3, 2, 2)), radius=0, smooth=0))
+    np.testing.assert_array_equal(tie[0], 1.0)
+
+
+def test_blend_is_the_weighted_sum():
+    f = np.random.default_rng(0).normal(size=(3, 4, 5, 2)).astype(np.float32)
+    w = np.random.default_rng(1).random((3, 4, 5)).astype(np.float32)
+    np.testing.assert_allclose(
+        np.asarray(rules.blend(jnp.asarray(f), jnp.asarray(w))),
+        np.einsum("nhw,nhwc->hwc", w, f),
+        rtol=1e-5,
+    )
+
+
+def test_activity_pyramid_reproduces_identical_inputs_and_picks_the_sharp_half():
+    rng = np.random.default_rng(2)
+    image = rng.random((1, 1, 48, 40, 3)).astype(np.float32)
+    same = np.concatenate([image, image, image], axis=1)
+    fused, activity = baselines.activity_pyramid(jnp.asarray(same))
+    np.testing.assert_allclose(np.asarray(fused), image[:, 0], atol=1e-5)
+    assert activity.shape == (1, 3, 48, 40)
+    np.testing.assert_array_equal(activity[0, 0], activity[0, 2])
+    # textured left half only in input 0, right half only in input 1; the other halves are flat
+    texture = rng.random((48, 40, 1)).astype(np.float32)
+    a = np.full_like(texture, 0.5)
+    b = np.full_like(texture, 0.5)
+    a[:, :20], b[:, 20:] = texture[:, :20], texture[:, 20:]
+    fused, activity = baselines.activity_pyramid(jnp.asarray(np.stack([a, b])[None]))
+    w = np.asarray(rules.activity_weights(activity[0], radius=1, smooth=2))
+    assert np.all(w[0, :, :14] == 1.0) and np.all(w[1, :, 26:] == 1.0)
+    error = np.abs(np.asarray(fused)[0] - texture)
+    assert error[:, :14].max() < 0.15 and error[:, 26:].max() < 0.15
+    assert error.mean() < np.abs(0.5 * (a + b) - texture).mean() / 3
+
+
+@pytest.fixture(scope="module")
+def crops(data_dir) -> list[np.ndarray]:
+    """Real 64x64 crops: a colour Lytro crop, a grey IR/visible crop and a grey CT/MR pair."""
+    lytro = io.load_image(data_dir / "multifocus_colour_lytro/lytro-05/lytro-05-A.jpg")
+    kayak = io.load_image(data_dir / "ir_visible/TNO_Kayak/Kayak_Vis.png")
+    ct = io.load_image(data_dir / "medical/c01/c01_1.tif")
+    mr = io.load_image(data_dir / "medical/c01/c01_2.tif")
+    return [
+        lytro[150:214, 200:264],
+        kayak[220:284, 200:264],
+        ct[96:160, 96:160],
+        mr[96:160, 96:160],
+    ]
+
+
+def quality(images: np.ndarray, fused: np.ndarray) -> np.ndarray:
+    """The reported metrics Q_E and Petrovic Q^{AB/F}: ``[B, 2]``."""
+    sources, f = metrics.luminance_255(images), metrics.luminance_255(fused)
+    return np.stack([metrics.qe(sources, f), metrics.qabf_petrovic(sources, f)], axis=-1)
+
+
+def test_fm4_keeps_an_iterate_no_worse_than_its_start_on_either_metric(real_weights, crops):
+    medical = np.stack([crops[2], crops[3]])[None]
+    multifocus = multifocus_set(crops[1])[None]
+    config = fusion.FusionConfig(method="fm4", schedule=SHORT)
+    for images in (medical, multifocus):
+        result = fusion.fuse(real_weights, images, config)
+        history = result.quality_history[:, 0]  # [E + 1, 2]
+        best = int(result.best_epoch[0])
+        np.testing.assert_allclose(quality(images, result.fused)[0], history[best], rtol=1e-6)
+        start, _ = baselines.activity_pyramid(jnp.asarray(images))
+        np.testing.assert_allclose(quality(images, np.asarray(start))[0], history[0], rtol=1e-6)
+        assert np.all(history[best] >= history[0])
+    # on the CT/MR crop the target is far from the start: the loss falls every epoch and the
+    # refinement is kept because it beats the pyramid start
+    result = fusion.fuse(real_weights, medical, config)
+    assert np.all(np.diff(result.loss_history[:, 0]) < 0), result.loss_history[:, 0]
+    history = result.quality_history[:, 0]
+    assert result.best_epoch[0] > 0
+    assert history[result.best_epoch[0]].sum() > history[0].sum() + 0.01
+
+
+def test_fm4_beats_fm0_and_both_baselines_on_the_head_ct_mr_pair(real_weights, data_dir):
+    folder = data_dir / "medical/head_bristol"
+    images = fusion.stack_set([io.load_image(folder / n) for n in ("medA.jpg", "medB.jpg")])[None]
+    schedule = Schedule(epochs=2, iters=100, lr=2.0, lr_decay=0.7)
+    scores = {}
+    for method in ("fm0", "fm4", "laplacian", "max"):
+        config = fusion.FusionConfig(method=method, schedule=schedule)
+        scores[method] = quality(images, fusion.fuse(real_weights, images, config).fused)[0]
+    print({k: v.round(4).tolist() for k, v in scores.items()})
+    for other in ("fm0", "laplacian", "max"):
+        assert np.all(scores["fm4"] > scores[other]), other
+
+
+def test_fm4_batch_equals_each_set_alone_and_is_deterministic(real_weights, crops):
+    grey = [multifocus_set(c if c.shape[-1] == 1 else c[..., :1]) for c in crops[:3]]
+    sets = np.stack(grey)
+    noisy = fusion.FusionConfig(method="fm4", schedule=SHORT, init_noise=1.0, seed=3)
+    once = fusion.fuse(real_weights, sets, noisy)
+    np.testing.assert_array_equal(once.fused, fusion.fuse(real_weights, sets, noisy).fused)
+    reseeded = fusion.FusionConfig("fm4", schedule=SHORT, init_noise=1.0, seed=4)
+    other = fusion.fuse(real_weights, sets, reseeded)
+    assert not np.array_equal(other.fused, once.fused)
+    config = fusion.FusionConfig(method="fm4", schedule=SHORT)
+    batched = fusion.fuse(real_weights, sets, config)
+    for b in range(len(sets)):
+        alone = fusion.fuse(real_weights, sets[b : b + 1], config)
+        np.testing.assert_allclose(batched.fused[b], alone.fused[0], atol=1e-5)
+        assert batched.best_epoch[b] == alone.best_epoch[0]
+
+
+def test_quality_stopping_keeps_the_best_images_and_stops_when_nothing_improves(real_weights):
+    rng = np.random.default_rng(5)
+    target_image = jnp.asarray(rng.random((2, 16, 16, 1)), jnp.float32)
+    targets = real_weights.features(target_image, ("conv1_1",))
+    init = np.full((2, 16, 16, 1), 0.5, np.float32)
+    calls = []
+
+    def prefer_start(images: np.ndarray) -> np.ndarray:  # the start is best; set 1 never moves
+        calls.append(images.copy())
+        return -np.abs(images - 0.5).mean(axis=(1, 2, 3))[:, None]
+
+    result = optimise(
+        real_weights, init, targets, Schedule(epochs=5, iters=5), None, None, prefer_start
+    )
+    assert len(calls) == 2  # the start and one epoch: no set improved, so it stopped
+    assert result.steps == 5
+    np.testing.assert_array_equal(result.images, init)
+    np.testing.assert_array_equal(result.best_epoch, [0, 0])
+    plain = optimise(real_weights, init, targets, Schedule(epochs=5, iters=5))
+    assert plain.steps == 25 and plain.best_epoch is None
+    assert jax.numpy.abs(plain.images - init).max() > 0.01
