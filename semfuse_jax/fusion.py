@@ -268,23 +268,19 @@ def fuse(
             probabilities=np.asarray(probabilities),
             mixing=np.asarray(mixing),
         )
-    init, quality = average, None
+    init, quality, choice = average, None, probabilities
     if config.method == "fm4":
-        init, activity = activity_pyramid(images)
-        probabilities = jnp.swapaxes(
-            rules.activity_weights(jnp.swapaxes(activity, 0, 1), 1, 0), 0, 1
-        )
+        init, activity = activity_pyramid(images)  # activity: [B, N, H, W]
+        choice = jax.vmap(rules.activity_weights, in_axes=(0, None, None))(activity, 1, 0)
         quality = fm4_quality(np.asarray(images))
     targets = fusion_targets(
-        weights, images, config.method, config.layers, probabilities, config.fm2_weighted_target
+        weights, images, config.method, config.layers, choice, config.fm2_weighted_target
     )
     if config.init_noise > 0:
         noise = jax.random.normal(jax.random.key(config.seed), init.shape) * config.init_noise
         init = jnp.clip(init + noise / 255.0, 0.0, 1.0)
     dtype = jnp.bfloat16 if config.compute_dtype == "bfloat16" else None
     result = optimise(weights, init, targets, config.schedule, progress, dtype, quality)
-    if config.method == "fm4":
-        probabilities = None  # activity weights, not CAM maps
     return FusionResult(
         fused=result.images,
         average=np.asarray(average),
