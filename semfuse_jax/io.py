@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -143,16 +143,60 @@ def check_image_suffix(path: str | os.PathLike[str]) -> Path:
 def check_writable(path: str | os.PathLike[str], overwrite: bool = True) -> Path:
     """Fail early, before any work, if ``path`` cannot be written (or exists and must not be)."""
     path = Path(path)
-    if path.exists() and not overwrite:
-        raise SemfuseError(f"output {path} exists; pass --overwrite to replace it")
-    if path.is_dir():
-        raise SemfuseError(f"output {path} is a directory")
-    folder = path.parent if str(path.parent) else Path(".")
-    if not folder.is_dir():
-        raise SemfuseError(f"cannot write {path}: folder {folder} does not exist")
-    if not os.access(folder, os.W_OK):
-        raise SemfuseError(f"cannot write {path}: folder {folder} is not writable")
+    try:
+        if os.path.lexists(path) and not overwrite:
+            raise SemfuseError(f"output {path} exists; pass --overwrite to replace it")
+        if path.is_dir():
+            raise SemfuseError(f"output {path} is a directory")
+        folder = path.parent if str(path.parent) else Path(".")
+        if not folder.is_dir():
+            raise SemfuseError(f"cannot write {path}: folder {folder} does not exist")
+        if not os.access(folder, os.W_OK):
+            raise SemfuseError(f"cannot write {path}: folder {folder} is not writable")
+        if len(path.name.encode()) > os.pathconf(folder, "PC_NAME_MAX") - 16:
+            raise SemfuseError(f"cannot write {path}: the file name is too long")
+    except OSError as exc:
+        raise SemfuseError(f"cannot write {path}: {exc.strerror or exc}") from None
     return path
+
+
+def file_identity(path: str | os.PathLike[str]) -> tuple[str, tuple[int, int] | None]:
+    """What two paths must share to name the same file: the real path, and for an existing file
+    its device and inode (so links and hard links are recognised)."""
+    real = os.path.realpath(path)
+    try:
+        st = os.stat(real)
+    except (OSError, ValueError):
+        return real, None
+    return real, (st.st_dev, st.st_ino)
+
+
+def same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
+    """Whether ``a`` and ``b`` name one file (existing or not)."""
+    (real_a, id_a), (real_b, id_b) = file_identity(a), file_identity(b)
+    return real_a == real_b or (id_a is not None and id_a == id_b)
+
+
+def check_outputs(
+    outputs: Sequence[str | os.PathLike[str]],
+    inputs: Sequence[str | os.PathLike[str]],
+    overwrite: bool,
+) -> list[Path]:
+    """The one overwrite policy of every tool, applied before any work.
+
+    Refuses an output named twice, an output that is any of ``inputs`` (every file the run reads),
+    an output that exists unless ``overwrite``, and one that cannot be written.
+    """
+    paths = [Path(p) for p in outputs]
+    for k, path in enumerate(paths):
+        for other in paths[:k]:
+            if same_file(path, other):
+                raise SemfuseError(f"output {path} is named twice ({other}); give distinct outputs")
+        for source in inputs:
+            if same_file(path, source):
+                raise SemfuseError(f"output {path} is an input of this run ({source}); refusing")
+        check_writable(path, overwrite)
+    return paths
 
 
 def save_image(path: str | os.PathLike[str], image: np.ndarray) -> None:
@@ -167,6 +211,15 @@ def save_image(path: str | os.PathLike[str], image: np.ndarray) -> None:
         raise SemfuseError(f"refusing to write {path}: the image holds NaN or Inf")
     pixels = np.round(np.clip(image, 0.0, 1.0) * 255.0).astype(np.uint8)
     write_pil(path, Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels))
+
+
+def write_text(path: str | os.PathLike[str], text: str) -> None:
+    """Write a text file atomically (complete or untouched); failures are one-line errors."""
+    try:
+        with atomic_path(path) as tmp:
+            tmp.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise SemfuseError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
 def write_pil(path: str | os.PathLike[str], image: Image.Image) -> None:

@@ -36,7 +36,7 @@ import numpy as np
 
 from semfuse_jax import vgg19
 from semfuse_jax.errors import SemfuseError
-from semfuse_jax.io import atomic_path
+from semfuse_jax.io import atomic_path, check_outputs
 
 FORMAT = "semfuse_jax.vgg19/1"
 DEFAULT_FILENAME = "vgg19.safetensors"
@@ -493,11 +493,17 @@ def load_weights(
     return weights
 
 
-def convert(src: str | os.PathLike[str], out: str | os.PathLike[str]) -> dict[str, str]:
-    """Convert any supported weights file to the canonical safetensors file; returns its info."""
+def convert(
+    src: str | os.PathLike[str], out: str | os.PathLike[str], overwrite: bool = False
+) -> dict[str, str]:
+    """Convert any supported weights file to the canonical safetensors file; returns its info.
+
+    ``out`` must not be ``src``, and must not exist unless ``overwrite``.
+    """
     src_path = Path(src)
     if not src_path.is_file():
         raise SemfuseError(f"weights file {src_path} does not exist")
+    check_outputs([out], [src_path], overwrite)
     params, prep, info = read_any(src_path)
     save_canonical(out, params, prep, info["source"], info["source_sha256"])
     return describe(Path(out))

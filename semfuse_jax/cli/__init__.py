@@ -27,21 +27,48 @@ def _program() -> str:
     return Path(sys.argv[0]).name
 
 
-def parse_flags(argv: list[str]) -> list[str]:
-    """absl flag parsing with a one-line error instead of the usage dump."""
-    try:
-        return flags.FLAGS(argv)
-    except flags.Error as exc:
-        sys.stderr.write(f"{_program()}: error: {exc}\n")
-        sys.exit(2)
+HELP_FLAGS = ("-h", "-?", "--help", "--helpshort", "--helpfull")
+
+
+def usage(doc: str, modules: Sequence[str]) -> str:
+    """A tool's help: its docstring, then every flag its modules define, with defaults."""
+    parts = [doc.strip(), "", "Flags:"]
+    for module in modules:
+        # absl files the flags of a module run as a script under the script's path
+        text = flags.FLAGS.module_help(sys.argv[0] if module == "__main__" else module).strip()
+        if text:
+            parts += ["", *text.splitlines()[1:]]  # drop the "module_name:" heading
+    return "\n".join(parts) + "\n"
+
+
+def flags_parser(doc: str, modules: Sequence[str]) -> Callable[[list[str]], list[str]]:
+    """absl flag parsing with ``--help`` answered from the tool's own flags (exit 0) and a
+    one-line error (exit 2) instead of the usage dump."""
+
+    def parse(argv: list[str]) -> list[str]:
+        if any(arg in HELP_FLAGS for arg in argv[1:]):
+            sys.stdout.write(usage(doc, modules))
+            sys.exit(0)
+        try:
+            return flags.FLAGS(argv)
+        except flags.Error as exc:
+            sys.stderr.write(f"{_program()}: error: {exc}\n")
+            sys.exit(2)
+
+    return parse
 
 
 def _terminate(signum: int, frame: FrameType | None) -> None:
     raise Terminated
 
 
-def run_guarded(main: Callable[[Sequence[str]], int | None]) -> None:
-    """``app.run(main)``, turning a :class:`SemfuseError` into one stderr line and exit status 1."""
+def run_guarded(
+    main: Callable[[Sequence[str]], int | None], doc: str, modules: Sequence[str]
+) -> None:
+    """``app.run(main)``, turning a :class:`SemfuseError` into one stderr line and exit status 1.
+
+    ``doc`` and the flags of ``modules`` make the tool's ``--help``.
+    """
 
     def guarded(argv: Sequence[str]) -> int | None:
         signal.signal(signal.SIGTERM, _terminate)
@@ -58,4 +85,4 @@ def run_guarded(main: Callable[[Sequence[str]], int | None]) -> None:
             return 143
 
     logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # no backend-probe noise
-    app.run(guarded, flags_parser=parse_flags)
+    app.run(guarded, flags_parser=flags_parser(doc, modules))

@@ -29,10 +29,14 @@ _JSON = flags.DEFINE_bool("json", False, "Score mode: print JSON.")
 _TABLE = flags.DEFINE_string("table", None, "Table mode: root folder of DOMAIN/SET image folders.")
 _SETS = flags.DEFINE_list("sets", None, "Table mode: DOMAIN/SET folders to use (default: all).")
 _METHODS = flags.DEFINE_list(
-    "methods", ["average", "max", "dwt", "laplacian", "fm0", "fm1"], "Table mode: methods."
+    "methods",
+    ["average", "max", "dwt", "laplacian", "fm0", "fm1"],
+    f"Table mode: methods, any of {', '.join(fusion.ALL_METHODS)}.",
 )
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Table mode: output folder.")
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Table mode: replace existing output files.")
 
+TABLE_FILES = ("table.csv", "table.json", "table.md", "summary.csv", "summary.md")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 
 
@@ -96,7 +100,7 @@ def write_table(out: Path, records: list[dict], settings: dict) -> None:
         writer = csv.DictWriter(f, fields, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(records)
-    (out / "table.json").write_text(json.dumps({"settings": settings, "rows": records}, indent=2))
+    io.write_text(out / "table.json", json.dumps({"settings": settings, "rows": records}, indent=2))
     parts = []
     for domain, name in dict.fromkeys((r["domain"], r["set"]) for r in records):
         rows = [r for r in records if (r["domain"], r["set"]) == (domain, name)]
@@ -104,7 +108,7 @@ def write_table(out: Path, records: list[dict], settings: dict) -> None:
             f"### {domain}/{name}\n\n"
             + markdown_table(["method", *metrics.NAMES], bold_best(rows, ["method"]))
         )
-    (out / "table.md").write_text("\n\n".join(parts) + "\n")
+    io.write_text(out / "table.md", "\n\n".join(parts) + "\n")
     summary = []
     for domain in dict.fromkeys(r["domain"] for r in records):
         for method in dict.fromkeys(r["method"] for r in records):
@@ -122,35 +126,49 @@ def write_table(out: Path, records: list[dict], settings: dict) -> None:
             f"### {domain} (mean of {rows[0]['sets']} sets)\n\n"
             + markdown_table(["method", *metrics.NAMES], bold_best(rows, ["method"]))
         )
-    (out / "summary.md").write_text("\n\n".join(blocks) + "\n")
+    io.write_text(out / "summary.md", "\n\n".join(blocks) + "\n")
 
 
 def table_mode() -> int:
     if not _OUTPUT_DIR.value:
         raise SemfuseError("table mode needs --output_dir")
     out = Path(_OUTPUT_DIR.value)
-    out.mkdir(parents=True, exist_ok=True)
     found = find_sets(Path(_TABLE.value), _SETS.value)
-    sets = [fusion.stack_set([io.load_image(p) for p in paths]) for _, _, paths in found]
+    if not _METHODS.value:
+        raise SemfuseError("--methods is empty; name at least one method")
     configs = [options.config_from_flags(method) for method in _METHODS.value]
+    fused_path = {
+        (c.method, domain, name): out / "fused" / c.method / f"{domain}__{name}.png"
+        for c in configs
+        for domain, name, _ in found
+    }
+    try:
+        for folder in dict.fromkeys(p.parent for p in fused_path.values()):
+            folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SemfuseError(f"cannot create the folders of {out}: {exc.strerror}") from None
+    io.check_outputs(
+        [*(out / f for f in TABLE_FILES), *fused_path.values()],
+        [p for *_, paths in found for p in paths] + [Path(w) for w in [options.WEIGHTS.value] if w],
+        _OVERWRITE.value,
+    )
+    sets = [fusion.stack_set([io.load_image(p) for p in paths]) for _, _, paths in found]
     needed = tuple(dict.fromkeys(o for c in configs for o in c.required_outputs))
     w = weights.load_weights(options.WEIGHTS.value, outputs=needed) if needed else None
     records = []
     for config in configs:
-        (out / "fused" / config.method).mkdir(parents=True, exist_ok=True)
         for batch in fusion.group_batches([s.shape for s in sets], options.BATCH.value):
             logging.info("%s: %s", config.method, ", ".join(found[i][1] for i in batch))
             result = fusion.fuse(w, np.stack([sets[i] for i in batch]), config)
             for b, i in enumerate(batch):
                 domain, name, _ = found[i]
-                io.save_image(
-                    out / "fused" / config.method / f"{domain}__{name}.png", result.fused[b]
-                )
+                path = fused_path[config.method, domain, name]
+                io.save_image(path, result.fused[b])
                 record = {"domain": domain, "set": name, "method": config.method}
                 record["steps"] = result.steps
                 if result.best_epoch is not None:  # FM4: the epoch its result comes from
                     record["kept_epoch"] = int(result.best_epoch[b])
-                records.append(record | score(sets[i], result.fused[b]))
+                records.append(record | score(sets[i], io.load_image(path)))  # the file written
     s = configs[0].schedule
     settings = {"epochs": s.epochs, "iters": s.iters, "lr": s.lr, "lr_decay": s.lr_decay}
     write_table(out, records, {"methods": _METHODS.value, **settings})
@@ -171,7 +189,7 @@ def main(argv: Sequence[str]) -> int:
 
 
 def run() -> None:
-    run_guarded(main)
+    run_guarded(main, __doc__, [__name__, options.__name__])
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ blank lines and lines starting with ``#`` are ignored); set ``name`` is written 
 from __future__ import annotations
 
 import csv
+import fcntl
 import json
 import os
 import platform
@@ -52,6 +53,7 @@ _NUM_PROCESSES = flags.DEFINE_integer("num_processes", 1, "Multi-host: number of
 _PROCESS_ID = flags.DEFINE_integer("process_id", 0, "Multi-host: this process's index.")
 
 STATUS_FILE = "status.jsonl"
+_LOCKS: list[int] = []
 
 
 def read_manifest(path: Path) -> list[tuple[str, list[Path]]]:
@@ -76,11 +78,10 @@ def read_manifest(path: Path) -> list[tuple[str, list[Path]]]:
     return rows
 
 
-def check_output(path: Path, inputs: Sequence[Path]) -> Path:
-    """Refuse an output that is an input, exists (without --overwrite) or cannot be written."""
-    if any(path.resolve() == Path(p).resolve() for p in inputs):
-        raise SemfuseError(f"output {path} is one of the inputs; refusing to overwrite it")
-    return io.check_writable(path, overwrite=_OVERWRITE.value)
+def read_files() -> list[Path]:
+    """Files every run reads besides its images (never to be named as outputs)."""
+    files = [Path(p) for p in (options.WEIGHTS.value, _LABELS.value, _PAIRS.value) if p]
+    return files
 
 
 def log_progress(epoch: int, epochs: int, losses: np.ndarray, elapsed: float) -> None:
@@ -209,8 +210,7 @@ def read_labels() -> list[str] | None:
 def write_report(record: dict[str, Any]) -> None:
     if _REPORT.value:
         path = Path(_REPORT.value)
-        with io.atomic_path(path) as tmp:
-            tmp.write_text(json.dumps(record, indent=2) + "\n")
+        io.write_text(path, json.dumps(record, indent=2) + "\n")
         logging.info("wrote %s", path)
 
 
@@ -229,11 +229,11 @@ def load_set(inputs: Sequence[Path], config: fusion.FusionConfig) -> np.ndarray:
 
 def fuse_one(config: fusion.FusionConfig, labels: list[str] | None) -> int:
     inputs = [Path(p) for p in _INPUTS.value]
-    output = check_output(io.check_image_suffix(_OUTPUT.value), inputs)
+    output = io.check_image_suffix(_OUTPUT.value)
     if _FIGURE.value:
-        check_output(io.check_image_suffix(_FIGURE.value), inputs)
-    if _REPORT.value:
-        check_output(Path(_REPORT.value), inputs)
+        io.check_image_suffix(_FIGURE.value)
+    named = [p for p in (_OUTPUT.value, _FIGURE.value, _REPORT.value) if p]
+    io.check_outputs(named, [*inputs, *read_files()], _OVERWRITE.value)
     images = load_set(inputs, config)
     w = load_weights(config)
     records, result = fuse_batch(w, config, [output.stem], [images], [output], labels)
@@ -255,22 +255,56 @@ def read_status(path: Path) -> dict[str, dict[str, Any]]:
     """Latest record per set name from a status file (JSON lines); unreadable lines are ignored."""
     latest: dict[str, dict[str, Any]] = {}
     if path.is_file():
-        for line in path.read_text().splitlines():
+        for line in path.read_text(errors="replace").splitlines():
             try:
                 record = json.loads(line)
-                latest[record["name"]] = record
-            except (ValueError, KeyError, TypeError):
+                if isinstance(record.get("name"), str):
+                    latest[record["name"]] = record
+            except (ValueError, KeyError, TypeError, AttributeError):
                 continue
     return latest
 
 
+def lock_run(path: Path) -> None:
+    """Hold an exclusive lock on ``path`` for the rest of the process; refuse a second run."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise SemfuseError(
+            f"another semfuse-fuse run is writing to {path.parent}; wait for it or use another "
+            "--output_dir"
+        ) from None
+    except OSError as exc:
+        raise SemfuseError(f"cannot lock {path}: {exc.strerror}") from None
+    _LOCKS.append(fd)  # closed (and so released) when the process exits
+
+
 def append_status(path: Path, records: Sequence[dict[str, Any]]) -> None:
-    """Append records durably (flushed and synced) so a killed run can resume after them."""
-    with open(path, "a") as f:
-        for record in records:
-            f.write(json.dumps({**record, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    """Append records durably (flushed and synced) so a killed run can resume after them.
+
+    A torn last line (a run killed while writing it) is ended first, so it stays one unreadable
+    line instead of corrupting the next record.
+    """
+    if not records:
+        return
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o666)
+    except OSError as exc:
+        raise SemfuseError(f"cannot write {path}: {exc.strerror}") from None
+    with os.fdopen(fd, "r+b") as f:
+        size = f.seek(0, os.SEEK_END)
+        torn = size > 0 and os.pread(fd, 1, size - 1) != b"\n"
+        lines = "".join(
+            json.dumps({**record, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}) + "\n"
+            for record in records
+        )
+        try:
+            f.write((("\n" if torn else "") + lines).encode())
+            f.flush()
+            os.fsync(f.fileno())
+        except OSError as exc:
+            raise SemfuseError(f"cannot write {path}: {exc.strerror}") from None
 
 
 def set_key(inputs: Sequence[Path], config: fusion.FusionConfig) -> tuple[int, int, int]:
@@ -305,16 +339,29 @@ def fuse_many(config: fusion.FusionConfig, labels: list[str] | None) -> int:
     except OSError as exc:
         raise SemfuseError(f"cannot create {out_dir}: {exc.strerror}") from None
     name = STATUS_FILE if processes == 1 else STATUS_FILE.replace(".", f".p{process}.", 1)
-    status_path = io.check_writable(out_dir / name)
+    status_path = out_dir / name
+    lock_run(out_dir / f".{name}.lock")
+    if status_path.is_symlink() or (status_path.exists() and not status_path.is_file()):
+        raise SemfuseError(f"{status_path} is not a regular file; refusing to append to it")
+    io.check_writable(status_path)
+    outputs = {set_name: out_dir / f"{set_name}.png" for set_name, _ in rows}
+    every_input = [p for _, inputs in rows for p in inputs] + read_files()
+    io.check_outputs(
+        [*outputs.values(), *([_REPORT.value] if _REPORT.value else []), status_path],
+        every_input,
+        overwrite=True,  # identity and writability here; existing outputs are checked per set
+    )
+    if _REPORT.value:
+        io.check_writable(_REPORT.value, overwrite=_OVERWRITE.value or _RESUME.value)
     previous = read_status(status_path) if _RESUME.value else {}
     if not _RESUME.value and status_path.exists():
         if not _OVERWRITE.value:
             raise SemfuseError(f"{status_path} exists: pass --resume to continue that run")
         status_path.unlink()
     finished = {
-        name
-        for name, record in previous.items()
-        if record.get("status") == "done" and Path(record.get("output", "")).is_file()
+        set_name
+        for set_name, record in previous.items()
+        if record.get("status") == "done" and outputs.get(set_name, Path()).is_file()
     }
 
     def failure(set_name: str, exc: SemfuseError) -> dict[str, Any]:
@@ -324,10 +371,11 @@ def fuse_many(config: fusion.FusionConfig, labels: list[str] | None) -> int:
     records: list[dict[str, Any]] = []
     valid: list[tuple[str, list[Path], Path, tuple[int, int, int]]] = []
     for set_name, inputs in rows:
-        output = out_dir / f"{set_name}.png"
+        output = outputs[set_name]
         try:
-            if set_name not in finished and not (_RESUME.value and set_name in previous):
-                check_output(output, inputs)
+            # A resumed run owns the outputs of its unfinished sets (one may have been written
+            # just before the run was killed, without its status record): they are recomputed.
+            io.check_writable(output, overwrite=_OVERWRITE.value or _RESUME.value)
             valid.append((set_name, inputs, output, set_key(inputs, config)))
         except SemfuseError as exc:
             if process == 0:  # header-level failures are the same in every process
@@ -419,7 +467,7 @@ def main(argv: Sequence[str]) -> int:
 
 
 def run() -> None:
-    run_guarded(main)
+    run_guarded(main, __doc__, [__name__, options.__name__])
 
 
 if __name__ == "__main__":

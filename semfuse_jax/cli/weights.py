@@ -25,6 +25,7 @@ _OUT = flags.DEFINE_string("out", None, "convert: output canonical .safetensors 
 _SOURCE = flags.DEFINE_string("source", "torchvision", "download: a source name from `list`.")
 _CACHE_DIR = flags.DEFINE_string("cache_dir", None, "download: cache folder (default: user cache).")
 _TRUST = flags.DEFINE_bool("trust_unpinned", False, "download: accept an unpinned source.")
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "convert: replace an existing --out file.")
 _JSON = flags.DEFINE_bool("json", False, "info/convert/list: print JSON instead of text.")
 
 COMMANDS = ("list", "info", "convert", "download")
@@ -56,7 +57,7 @@ def main(argv: Sequence[str]) -> int:
     elif command == "convert":
         if not _SRC.value or not _OUT.value:
             raise SemfuseError("convert needs --src and --out")
-        _print(weights.convert(_SRC.value, _OUT.value))
+        _print(weights.convert(_SRC.value, _OUT.value, _OVERWRITE.value))
     else:
         cache = Path(_CACHE_DIR.value) if _CACHE_DIR.value else None
         out = weights.download(_SOURCE.value, cache, _TRUST.value)
@@ -65,7 +66,7 @@ def main(argv: Sequence[str]) -> int:
 
 
 def run() -> None:
-    run_guarded(main)
+    run_guarded(main, __doc__, [__name__])
 
 
 if __name__ == "__main__":
