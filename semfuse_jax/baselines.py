@@ -19,46 +19,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from semfuse_jax import rules
+from semfuse_jax.pyramid import expand, laplacian_pyramid
 
 BASELINES: tuple[str, ...] = ("average", "max", "dwt", "laplacian")
-_BINOMIAL = np.array([1.0, 4.0, 6.0, 4.0, 1.0]) / 16.0
-
-
-def _blur(x: jax.Array) -> jax.Array:
-    """Separable 5-tap binomial blur over axes -3, -2 of ``[..., H, W, C]`` (reflected borders)."""
-    lead, (h, w, c) = x.shape[:-3], x.shape[-3:]
-    mode = "reflect" if min(h, w) > 2 else "edge"
-    flat = jnp.pad(x.reshape(-1, h, w, c), ((0, 0), (2, 2), (2, 2), (0, 0)), mode=mode)
-    kernel = jnp.asarray(np.outer(_BINOMIAL, _BINOMIAL), x.dtype)[:, :, None, None]
-    kernel = jnp.tile(kernel, (1, 1, 1, c))  # depthwise: one 5x5 filter per channel
-    out = jax.lax.conv_general_dilated(
-        flat,
-        kernel,
-        (1, 1),
-        "VALID",
-        dimension_numbers=("NHWC", "HWIO", "NHWC"),
-        feature_group_count=c,
-        precision=jax.lax.Precision.HIGHEST,
-    )
-    return out.reshape(*lead, h, w, c)
-
-
-def _expand(x: jax.Array, shape: tuple[int, int]) -> jax.Array:
-    """Upsample ``[..., h, w, C]`` to ``[..., H, W, C]``: zero insertion, then 4 × blur."""
-    up = jnp.zeros((*x.shape[:-3], *shape, x.shape[-1]), x.dtype)
-    return 4.0 * _blur(up.at[..., ::2, ::2, :].set(x))
-
-
-def laplacian_pyramid(x: jax.Array, levels: int) -> list[jax.Array]:
-    """Detail bands (fine to coarse) followed by the coarsest Gaussian level."""
-    bands = []
-    for _ in range(levels):
-        if min(x.shape[-3:-1]) < 2:
-            break
-        down = _blur(x)[..., ::2, ::2, :]
-        bands.append(x - _expand(down, x.shape[-3:-1]))
-        x = down
-    return [*bands, x]
 
 
 @partial(jax.jit, static_argnames=("levels",))
@@ -67,7 +30,7 @@ def laplacian(images: jax.Array, levels: int = 4) -> jax.Array:
     pyramid = laplacian_pyramid(jnp.moveaxis(images, 1, 0), levels)  # bands of [N, B, h, w, C]
     fused = jnp.mean(pyramid[-1], axis=0)
     for band in reversed(pyramid[:-1]):
-        fused = _expand(fused, band.shape[-3:-1]) + rules.choose_max(band)
+        fused = expand(fused, band.shape[-3:-1]) + rules.choose_max(band)
     return jnp.clip(fused, 0.0, 1.0)
 
 
@@ -107,7 +70,7 @@ def activity_pyramid(
         fused = rules.blend(base, base_weights)
     for band, activity in reversed(list(zip(bands, energy, strict=True))):
         weights = rules.activity_weights(activity, radius, smooth)
-        fused = _expand(fused, band.shape[-3:-1]) + rules.blend(band, weights)
+        fused = expand(fused, band.shape[-3:-1]) + rules.blend(band, weights)
     return jnp.clip(fused, 0.0, 1.0), jnp.swapaxes(energy[0], 0, 1)
 
 

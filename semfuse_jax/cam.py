@@ -1,4 +1,7 @@
-"""Grad-CAM probability maps and the CAM mixing weights of FM2/FM3 (jittable).
+"""Grad-CAM probability maps and the CAM mixing weights of FM2/FM3, FM5's semantic map (jittable).
+
+The network is any classifier with named outputs and taps: VGG19 (``weights.Weights``) or
+EfficientNet-Lite (``efficientnet.EfficientNetWeights``); see ``classifier``.
 
 A Grad-CAM map of class score ``y`` at layer ``l`` is ``ReLU(Σ_c α_c A_l[..., c])`` with
 ``α_c`` the spatial mean of ``∂y/∂A_l[..., c]``, bilinearly upsampled (half-pixel centres) to the
@@ -17,11 +20,12 @@ channel weights.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-from semfuse_jax.weights import Weights
+Network = Any  # VGG19 Weights or efficientnet.EfficientNetWeights (``features`` with taps)
 
 CAM_LAYERS: tuple[str, ...] = ("conv3_4", "conv4_4", "conv5_4")
 
@@ -49,7 +53,7 @@ def class_weights(logits: jax.Array, top_k: int = 1, target_class: int | None = 
 
 
 def _grad_cam(
-    weights: Weights,
+    weights: Network,
     images: jax.Array,
     choose: Callable[[jax.Array], jax.Array],
     layers: Sequence[str],
@@ -80,7 +84,7 @@ def _grad_cam(
 
 
 def layer_maps(
-    weights: Weights,
+    weights: Network,
     images: jax.Array,
     cls_weights: jax.Array,
     layers: Sequence[str] = CAM_LAYERS,
@@ -105,7 +109,7 @@ def normalise(maps: jax.Array, eps: float = 1e-12) -> jax.Array:
 
 
 def probability_map(
-    weights: Weights,
+    weights: Network,
     images: jax.Array,
     top_k: int = 1,
     target_class: int | None = None,
@@ -123,6 +127,23 @@ def probability_map(
         weights, images, lambda logits: class_weights(logits, top_k, target_class), layers
     )
     return normalise(jnp.prod(maps, axis=1)), maps, logits
+
+
+def semantic_map(
+    network: Network,
+    images: jax.Array,
+    top_k: int = 1,
+    target_class: int | None = None,
+    layers: Sequence[str] = CAM_LAYERS,
+) -> jax.Array:
+    """FM5's semantic map of each image: the mean of the min-max normalised Grad-CAM maps of
+    ``layers`` (``[B, H, W, 3|1]`` → ``[B, H, W]`` in ``[0, 1]``). Unlike the paper's product,
+    which keeps only where every layer agrees (a few peaked pixels), the mean marks the whole
+    region each layer finds."""
+    maps, _ = _grad_cam(
+        network, images, lambda logits: class_weights(logits, top_k, target_class), layers
+    )
+    return jnp.mean(normalise(maps), axis=1)
 
 
 def mixing_weights(probabilities: jax.Array) -> jax.Array:

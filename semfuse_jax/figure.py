@@ -28,6 +28,7 @@ def contact_sheet(
     probabilities: np.ndarray | None = None,
     mixing: np.ndarray | None = None,
     tile: int = 256,
+    classes: dict | None = None,
 ) -> Image.Image:
     """Compose one set's sheet.
 
@@ -36,12 +37,22 @@ def contact_sheet(
       probabilities: ``[N, H, W]`` CAM maps, shown under the inputs.
       mixing: ``[N, H, W]`` mixing weights; the mixtures ``P_Mi · I_i`` get a row of their own.
       tile: width of a panel in pixels (height follows the aspect ratio).
+      classes: a class report (``classifier.class_report``); the top class and its probability
+        then caption each input and the fused image.
     """
     n, h, w = inputs.shape[:3]
     size = (tile, max(1, round(tile * h / w)))
+
+    def caption(title: str, top: list[dict] | None) -> str:
+        return title if not top else f"{title}: {top[0]['label']} {top[0]['probability']:.2f}"
+
+    tops = classes["inputs"] if classes else [None] * n
     rows = [
-        [panel(inputs[i], f"input {i}", size) for i in range(n)]
-        + [panel(average, "average", size), panel(fused, "fused", size)]
+        [panel(inputs[i], caption(f"input {i}", tops[i]), size) for i in range(n)]
+        + [
+            panel(average, "average", size),
+            panel(fused, caption("fused", classes["fused"] if classes else None), size),
+        ]
     ]
     if probabilities is not None:
         rows.append([panel(probabilities[i], f"CAM P{i}", size) for i in range(n)])

@@ -10,6 +10,9 @@ inputs replicated, see :func:`stack_set`).
   (the target holds the original feature values by default; ``fm2_weighted_target`` uses the
   weighted ones).
 - FM3: no optimisation: ``I* = Σ_i P_Mi · I_i`` with the CAM mixing weights.
+- FM5 (beyond the paper): each pixel from the input whose semantic map (mean of its normalised
+  Grad-CAM layer maps) is highest, blended in a Laplacian pyramid; keeps each input's
+  class-relevant region intact (``benchmarks/semantic.py`` measures the classes kept).
 - FM4 (beyond the paper): Adam from an activity-guided Laplacian pyramid
   (:func:`semfuse_jax.baselines.activity_pyramid`) towards the inputs' features chosen by the
   same channel-consistent local activity, keeping per set the last epoch that improved on
@@ -30,13 +33,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from semfuse_jax import cam, metrics, rules
+from semfuse_jax import cam, classifier, metrics, pyramid, rules
 from semfuse_jax.baselines import BASELINES, activity_pyramid, fuse_baseline
 from semfuse_jax.errors import SemfuseError
 from semfuse_jax.optimise import Schedule, optimise
 from semfuse_jax.weights import Weights
 
-METHODS: tuple[str, ...] = ("fm0", "fm1", "fm2", "fm3", "fm4")
+METHODS: tuple[str, ...] = ("fm0", "fm1", "fm2", "fm3", "fm4", "fm5")
+FM5_LEVELS = 3  # pyramid detail levels of FM5's blend (benchmarks/semantic.py)
 ALL_METHODS: tuple[str, ...] = METHODS + BASELINES
 
 
@@ -48,9 +52,13 @@ class FusionConfig:
       method: one of :data:`METHODS` or a classical baseline (:data:`BASELINES`).
       layers: VGG19 conv outputs in the loss (the paper: ``conv1_1``).
       schedule: Adam schedule (FM0–FM2, FM4; FM4 may stop earlier on quality).
+      classifier: the network whose Grad-CAMs FM2/FM3 use: ``vgg19`` (the paper's; needs full
+        VGG19 weights), ``efficientnet_lite0`` (installed with the package) or ``auto`` (VGG19
+        when the weights hold its classifier, else EfficientNet-Lite0); see ``classifier``.
       top_k: classes combined in each input's Grad-CAM (1 = the top class).
       target_class: if set, the Grad-CAM class for every input (overrides ``top_k``).
-      cam_layers: layers whose Grad-CAM maps are multiplied (FM2, FM3).
+      cam_layers: layers whose Grad-CAM maps are multiplied (FM2, FM3); empty: the
+        classifier's default (:data:`semfuse_jax.classifier.CAM_LAYERS`).
       fm2_weighted_target: FM2 target values are the CAM-weighted features (else the originals).
       init_noise: std of Gaussian noise (grey levels) added to the initial image.
       compute_dtype: the network's dtype inside the optimisation: ``float32`` or ``bfloat16``.
@@ -60,9 +68,10 @@ class FusionConfig:
     method: str = "fm0"
     layers: tuple[str, ...] = ("conv1_1",)
     schedule: Schedule = dataclasses.field(default_factory=Schedule)
+    classifier: str = "auto"
     top_k: int = 1
     target_class: int | None = None
-    cam_layers: tuple[str, ...] = cam.CAM_LAYERS
+    cam_layers: tuple[str, ...] = ()
     fm2_weighted_target: bool = False
     init_noise: float = 0.0
     seed: int = 0
@@ -80,18 +89,19 @@ class FusionConfig:
             raise SemfuseError("compute_dtype must be float32 or bfloat16")
         if self.target_class is not None and not 0 <= self.target_class < 1000:
             raise SemfuseError("target_class must be an ImageNet class index 0..999")
+        classifier.resolve(self.classifier, None)  # a known name
 
     @property
     def uses_cam(self) -> bool:
-        return self.method in ("fm2", "fm3")
+        return self.method in ("fm2", "fm3", "fm5")
 
     @property
     def required_outputs(self) -> tuple[str, ...]:
-        """VGG19 outputs this configuration needs (for an early missing-layers check)."""
-        if self.method in BASELINES:
+        """VGG19 outputs this configuration's feature loss needs (for an early check); the
+        classifier of FM2/FM3 is loaded and checked separately (``classifier.load``)."""
+        if self.method in BASELINES or self.method in ("fm3", "fm5"):
             return ()
-        needed = () if self.method == "fm3" else self.layers
-        return (*needed, "logits") if self.uses_cam else needed
+        return self.layers
 
 
 @dataclasses.dataclass
@@ -179,19 +189,27 @@ def _flat_features(weights: Weights, images: jax.Array, layers: tuple[str, ...])
     return {k: jnp.swapaxes(v.reshape(b, n, *v.shape[1:]), 0, 1) for k, v in feats.items()}
 
 
-@partial(jax.jit, static_argnames=("top_k", "target_class", "cam_layers"))
+@partial(jax.jit, static_argnames=("top_k", "target_class", "cam_layers", "semantic"))
 def cam_probabilities(
-    weights: Weights,
+    network: classifier.Network,
     images: jax.Array,
     top_k: int = 1,
     target_class: int | None = None,
     cam_layers: tuple[str, ...] = cam.CAM_LAYERS,
+    semantic: bool = False,
 ) -> jax.Array:
-    """CAM probability map of every input: ``[B, N, H, W, C]`` → ``[B, N, H, W]``."""
-    b, n = images.shape[:2]
-    flat = images.reshape(b * n, *images.shape[2:])
-    probs, _, _ = cam.probability_map(weights, flat, top_k, target_class, cam_layers)
-    return probs.reshape(b, n, *probs.shape[1:])
+    """CAM probability map of every input: ``[B, N, H, W, C]`` → ``[B, N, H, W]``; the paper's
+    product map, or with ``semantic`` FM5's mean map (:func:`semfuse_jax.cam.semantic_map`).
+
+    The maps are made at the classifier's input size (``classifier.resize_for``) and upsampled.
+    """
+    b, n, h, w, c = images.shape
+    flat = classifier.resize_for(network, images.reshape(b * n, h, w, c))
+    if semantic:
+        probs = cam.semantic_map(network, flat, top_k, target_class, cam_layers)
+    else:
+        probs, _, _ = cam.probability_map(network, flat, top_k, target_class, cam_layers)
+    return jax.image.resize(probs, (b * n, h, w), "bilinear").reshape(b, n, h, w)
 
 
 @partial(jax.jit, static_argnames=("method", "layers", "weighted_target"))
@@ -232,20 +250,35 @@ def cam_mix(images: jax.Array, probabilities: jax.Array) -> tuple[jax.Array, jax
     return jnp.sum(weights[..., None] * images, axis=1), weights
 
 
+@jax.jit
+def semantic_blend(images: jax.Array, maps: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """FM5: each pixel goes to the input whose semantic map is highest (ties: the first), the
+    choice blended over :data:`FM5_LEVELS` pyramid levels so seams are soft.
+
+    ``images`` ``[B, N, H, W, C]``, ``maps`` ``[B, N, H, W]`` → (``[B, H, W, C]``, the choice
+    ``[B, N, H, W]``).
+    """
+    choice = jax.nn.one_hot(jnp.argmax(maps, axis=1), images.shape[1], axis=1)
+    fused = pyramid.blend(jnp.moveaxis(images, 1, 0), jnp.moveaxis(choice, 1, 0), FM5_LEVELS)
+    return jnp.clip(fused, 0.0, 1.0), choice
+
+
 def fuse(
     weights: Weights | None,
     images: np.ndarray,
     config: FusionConfig,
     progress: Callable[[int, int, np.ndarray, float], None] | None = None,
+    network: classifier.Network | None = None,
 ) -> FusionResult:
     """Fuse a batch of image sets with ``config.method``.
 
     Args:
       weights: VGG19 weights holding the layers ``config.required_outputs`` need (unused, and
-        may be None, for the baselines).
+        may be None, for the baselines and FM3).
       images: ``[B, N, H, W, C]`` in ``[0, 1]`` (N ≥ 2; C = 1 grey or 3 RGB).
       config: see :class:`FusionConfig`.
       progress: per-epoch callback, see :func:`semfuse_jax.optimise.optimise`.
+      network: the classifier of FM2/FM3; None loads ``config.classifier``.
     """
     images = jnp.asarray(images, jnp.float32)
     if images.ndim != 5 or images.shape[1] < 2 or images.shape[-1] not in (1, 3):
@@ -254,11 +287,24 @@ def fuse(
     if config.method in BASELINES:
         fused = fuse_baseline(config.method, np.asarray(images))
         return FusionResult(fused=fused, average=np.asarray(average))
-    weights.require(config.required_outputs)
+    if config.required_outputs:
+        if weights is None:
+            raise SemfuseError(f"{config.method} needs VGG19 weights")
+        weights.require(config.required_outputs)
     probabilities = mixing = None
     if config.uses_cam:
+        network = network if network is not None else classifier.load(config.classifier, weights)
+        layers = classifier.cam_layers_for(network, config.cam_layers)
         probabilities = cam_probabilities(
-            weights, images, config.top_k, config.target_class, config.cam_layers
+            network, images, config.top_k, config.target_class, layers, config.method == "fm5"
+        )
+    if config.method == "fm5":
+        fused, mixing = semantic_blend(images, probabilities)
+        return FusionResult(
+            fused=np.asarray(fused),
+            average=np.asarray(average),
+            probabilities=np.asarray(probabilities),
+            mixing=np.asarray(mixing),
         )
     if config.method == "fm3":
         fused, mixing = cam_mix(images, probabilities)
@@ -310,17 +356,3 @@ def fm4_quality(images: np.ndarray) -> Callable[[np.ndarray], np.ndarray] | None
         )
 
     return score
-
-
-@jax.jit
-def classify(weights: Weights, images: jax.Array) -> jax.Array:
-    """ImageNet class probabilities ``[B, 1000]`` of ``[B, H, W, C]`` images in ``[0, 1]``."""
-    return jax.nn.softmax(weights.features(images, ("logits",))["logits"], axis=-1)
-
-
-def top_classes(probabilities: np.ndarray, k: int = 5) -> list[list[tuple[int, float]]]:
-    """``[B, 1000]`` probabilities → per image the ``k`` best ``(class, probability)`` pairs."""
-    order = np.argsort(-probabilities, axis=-1)[:, :k]
-    return [
-        [(int(c), float(p[c])) for c in row] for row, p in zip(order, probabilities, strict=True)
-    ]

@@ -25,7 +25,7 @@ import json
 import os
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +54,15 @@ KERAS_NAMES = {
     "predictions": "fc8",
 }
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+# The package's built-in weights: the ImageNet VGG19 conv1_1 layer (all FM0, FM1 and FM4 need),
+# from the Keras release of the original weights; rebuilt by weights/build_builtin.py.
+BUILTIN_FILE = Path(__file__).resolve().parent / "data" / "vgg19_conv1_1.safetensors"
+BUILTIN_ATTRIBUTION = (
+    "VGG19 ImageNet weights by K. Simonyan and A. Zisserman (Visual Geometry Group, University "
+    "of Oxford), 'Very Deep Convolutional Networks for Large-Scale Image Recognition', ICLR "
+    "2015, released under CC BY 4.0; this file holds their conv1_1 layer only, taken from the "
+    "Keras Applications release of those weights"
+)
 
 Params = dict[str, dict[str, Any]]
 
@@ -281,10 +290,10 @@ def read_torch_pth(path: Path) -> dict[str, np.ndarray]:
 # ----------------------------------------------------------------------------- canonical file
 
 
-def content_digest(params: Params) -> str:
-    """SHA-256 over layer names, shapes and float32 bytes, in canonical layer order."""
+def content_digest(params: Params, order: Sequence[str] = vgg19.PARAM_LAYERS) -> str:
+    """SHA-256 over layer names, shapes and float32 bytes, in the layer order ``order``."""
     h = hashlib.sha256()
-    for layer in vgg19.PARAM_LAYERS:
+    for layer in order:
         for part in ("kernel", "bias"):
             if layer in params:
                 value = np.ascontiguousarray(params[layer][part], np.float32)
@@ -299,8 +308,10 @@ def save_canonical(
     preprocessing: Preprocessing,
     source: str,
     source_sha256: str = "",
+    extra: Mapping[str, str] | None = None,
 ) -> None:
-    """Write params + preprocessing + digests as one safetensors file, atomically."""
+    """Write params + preprocessing + digests (+ ``extra`` metadata) as one safetensors file,
+    atomically."""
     from safetensors.numpy import save_file
 
     params = validate_params(params, source)
@@ -312,12 +323,13 @@ def save_canonical(
         "content_sha256": content_digest(params),
         "source": source,
         "source_sha256": source_sha256,
+        **(extra or {}),
     }
     with atomic_path(path) as tmp:
         save_file(tensors, tmp, metadata=metadata)
 
 
-def _read_safetensors(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+def read_safetensors(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     from safetensors import SafetensorError, safe_open
 
     try:
@@ -381,7 +393,8 @@ def cache_dir() -> Path:
 
 
 def resolve_path(path: str | os.PathLike[str] | None = None) -> Path:
-    """The weights file to use: ``path``, else ``$SEMFUSE_WEIGHTS``, else the cache's default."""
+    """The weights file to use: ``path``, else ``$SEMFUSE_WEIGHTS``, else the cache's
+    ``vgg19.safetensors``, else the built-in ``conv1_1`` layer (:data:`BUILTIN_FILE`)."""
     if path:
         chosen, how = Path(path), "given"
     elif os.environ.get("SEMFUSE_WEIGHTS"):
@@ -389,10 +402,9 @@ def resolve_path(path: str | os.PathLike[str] | None = None) -> Path:
     else:
         chosen, how = cache_dir() / DEFAULT_FILENAME, "default"
         if not chosen.is_file():
-            raise SemfuseError(
-                f"no VGG19 weights: {chosen} does not exist; run `semfuse-weights download` "
-                "or name a weights file (--weights=FILE or SEMFUSE_WEIGHTS)"
-            )
+            chosen, how = BUILTIN_FILE, "built in"
+            if not chosen.is_file():
+                raise SemfuseError(f"broken installation: {chosen} is missing")
     if not chosen.is_file():
         raise SemfuseError(f"weights file {chosen} ({how}) does not exist")
     return chosen
@@ -436,7 +448,7 @@ def read_any(
         )
     header_len = int.from_bytes(head[:8], "little")
     if len(head) > 8 and head[8:9] == b"{" and 0 < header_len < (1 << 27):
-        tensors, meta = _read_safetensors(path)
+        tensors, meta = read_safetensors(path)
         if meta.get("format") == FORMAT:
             params: Params = {}
             for key, value in tensors.items():

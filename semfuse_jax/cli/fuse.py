@@ -12,6 +12,7 @@ blank lines and lines starting with ``#`` are ignored); set ``name`` is written 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import fcntl
 import json
 import os
@@ -28,7 +29,7 @@ import optax
 from absl import flags, logging
 
 import semfuse_jax
-from semfuse_jax import fusion, io, weights
+from semfuse_jax import classifier, fusion, io, weights
 from semfuse_jax.cli import options, run_guarded
 from semfuse_jax.errors import SemfuseError
 from semfuse_jax.figure import contact_sheet
@@ -40,7 +41,6 @@ _OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Batch mode: folder for NA
 _METHOD = flags.DEFINE_enum("method", "fm0", fusion.ALL_METHODS, "Fusion method or baseline.")
 _REPORT = flags.DEFINE_string("report", None, "Write a JSON report here.")
 _FIGURE = flags.DEFINE_string("figure", None, "Write a Figure-3 style contact sheet (one set).")
-_LABELS = flags.DEFINE_string("labels", None, "Text file of 1000 ImageNet class names, one a line.")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace existing output files.")
 _RESUME = flags.DEFINE_bool(
     "resume", False, "Batch mode: skip sets DIR/status.jsonl records as done."
@@ -80,7 +80,7 @@ def read_manifest(path: Path) -> list[tuple[str, list[Path]]]:
 
 def read_files() -> list[Path]:
     """Files every run reads besides its images (never to be named as outputs)."""
-    files = [Path(p) for p in (options.WEIGHTS.value, _LABELS.value, _PAIRS.value) if p]
+    files = [Path(p) for p in (options.WEIGHTS.value, _PAIRS.value) if p]
     return files
 
 
@@ -94,28 +94,6 @@ def log_progress(epoch: int, epochs: int, losses: np.ndarray, elapsed: float) ->
         elapsed,
         eta,
     )
-
-
-def class_report(
-    w: weights.Weights | None, inputs: np.ndarray, fused: np.ndarray, labels: list[str] | None
-) -> dict[str, Any] | None:
-    """Top-5 classes and probabilities of each input and of the result (Table 2 of the paper)."""
-    if w is None or "fc8" not in w.params:
-        return None
-
-    def named(rows: list[list[tuple[int, float]]]) -> list[list[dict[str, Any]]]:
-        return [
-            [
-                {"class": c, "probability": p, **({"label": labels[c]} if labels else {})}
-                for c, p in row
-            ]
-            for row in rows
-        ]
-
-    return {
-        "inputs": named(fusion.top_classes(np.asarray(fusion.classify(w, inputs)))),
-        "fused": named(fusion.top_classes(np.asarray(fusion.classify(w, fused[None]))))[0],
-    }
 
 
 def run_info(w: weights.Weights | None, config: fusion.FusionConfig) -> dict[str, Any]:
@@ -133,6 +111,8 @@ def run_info(w: weights.Weights | None, config: fusion.FusionConfig) -> dict[str
             "layers": list(config.layers),
             "seed": config.seed,
             "init_noise": config.init_noise,
+            "classifier": config.classifier,
+            "compute_dtype": config.compute_dtype,
             "top_k": config.top_k,
             "target_class": config.target_class,
             "cam_layers": list(config.cam_layers),
@@ -152,15 +132,16 @@ def run_info(w: weights.Weights | None, config: fusion.FusionConfig) -> dict[str
 
 def fuse_batch(
     w: weights.Weights | None,
+    network: classifier.Network | None,
     config: fusion.FusionConfig,
     names: list[str],
     sets: list[np.ndarray],
     outputs: list[Path],
-    labels: list[str] | None,
 ) -> tuple[list[dict[str, Any]], fusion.FusionResult]:
-    """Fuse same-shape sets together, write each output, return per-set records."""
+    """Fuse same-shape sets together, write each output, return per-set records (with the
+    classes of the inputs and the result when a classifier ``network`` is given)."""
     start = time.perf_counter()
-    result = fusion.fuse(w, np.stack(sets), config, progress=log_progress)
+    result = fusion.fuse(w, np.stack(sets), config, progress=log_progress, network=network)
     seconds = time.perf_counter() - start
     records = []
     for b, (name, out) in enumerate(zip(names, outputs, strict=True)):
@@ -186,25 +167,11 @@ def fuse_batch(
                 for k, name in enumerate(("qe", "qabf_petrovic"))
             }
             record["best_epoch"] = int(result.best_epoch[b])
-        classes = class_report(w, sets[b], result.fused[b], labels)
-        if classes is not None:
-            record["classes"] = classes
+        if network is not None:
+            record["classes"] = classifier.class_report(network, sets[b], result.fused[b])
         records.append(record)
         logging.info("wrote %s", out)
     return records, result
-
-
-def read_labels() -> list[str] | None:
-    if not _LABELS.value:
-        return None
-    path = Path(_LABELS.value)
-    try:
-        labels = path.read_text().splitlines()
-    except OSError as exc:
-        raise SemfuseError(f"cannot read labels {path}: {exc.strerror}") from None
-    if len(labels) != 1000:
-        raise SemfuseError(f"labels {path} has {len(labels)} lines, expected 1000")
-    return labels
 
 
 def write_report(record: dict[str, Any]) -> None:
@@ -214,11 +181,20 @@ def write_report(record: dict[str, Any]) -> None:
         logging.info("wrote %s", path)
 
 
-def load_weights(config: fusion.FusionConfig) -> weights.Weights | None:
-    """The weights ``config`` needs (None for the classical baselines, which need none)."""
-    if not config.required_outputs:
-        return None
-    return weights.load_weights(options.WEIGHTS.value, outputs=config.required_outputs)
+def load_networks(
+    config: fusion.FusionConfig, classes: bool
+) -> tuple[weights.Weights | None, classifier.Network | None, fusion.FusionConfig]:
+    """The VGG19 weights ``config`` needs (None when it needs none), the classifier (for FM2/FM3
+    or, with ``classes``, the class report; else None), and ``config`` with the classifier
+    resolved to a concrete name."""
+    w = network = None
+    wants_network = config.uses_cam or classes
+    if config.required_outputs or (wants_network and config.classifier != "efficientnet_lite0"):
+        w = weights.load_weights(options.WEIGHTS.value, outputs=config.required_outputs or None)
+    if wants_network:
+        network = classifier.load(config.classifier, w)
+        config = dataclasses.replace(config, classifier=classifier.network_name(network))
+    return w, network, config
 
 
 def load_set(inputs: Sequence[Path], config: fusion.FusionConfig) -> np.ndarray:
@@ -227,7 +203,7 @@ def load_set(inputs: Sequence[Path], config: fusion.FusionConfig) -> np.ndarray:
     return fusion.stack_set([io.load_image(p) for p in inputs])
 
 
-def fuse_one(config: fusion.FusionConfig, labels: list[str] | None) -> int:
+def fuse_one(config: fusion.FusionConfig) -> int:
     inputs = [Path(p) for p in _INPUTS.value]
     output = io.check_image_suffix(_OUTPUT.value)
     if _FIGURE.value:
@@ -235,8 +211,8 @@ def fuse_one(config: fusion.FusionConfig, labels: list[str] | None) -> int:
     named = [p for p in (_OUTPUT.value, _FIGURE.value, _REPORT.value) if p]
     io.check_outputs(named, [*inputs, *read_files()], _OVERWRITE.value)
     images = load_set(inputs, config)
-    w = load_weights(config)
-    records, result = fuse_batch(w, config, [output.stem], [images], [output], labels)
+    w, network, config = load_networks(config, classes=bool(_REPORT.value or _FIGURE.value))
+    records, result = fuse_batch(w, network, config, [output.stem], [images], [output])
     if _FIGURE.value:
         sheet = contact_sheet(
             images,
@@ -244,6 +220,7 @@ def fuse_one(config: fusion.FusionConfig, labels: list[str] | None) -> int:
             result.average[0],
             None if result.probabilities is None else result.probabilities[0],
             None if result.mixing is None else result.mixing[0],
+            classes=records[0].get("classes"),
         )
         io.write_pil(Path(_FIGURE.value), sheet)
         logging.info("wrote %s", _FIGURE.value)
@@ -322,7 +299,7 @@ def set_key(inputs: Sequence[Path], config: fusion.FusionConfig) -> tuple[int, i
     return len(inputs), *sizes[0]
 
 
-def fuse_many(config: fusion.FusionConfig, labels: list[str] | None) -> int:
+def fuse_many(config: fusion.FusionConfig) -> int:
     """Batch mode: fuse every manifest set, recording each in the status file (JSON lines).
 
     Batches are formed from the file headers over the whole manifest (same N and size), so every
@@ -384,7 +361,7 @@ def fuse_many(config: fusion.FusionConfig, labels: list[str] | None) -> int:
     batches = fusion.group_batches([key for *_, key in valid], options.BATCH.value)
     mine = batches[process::processes]
     todo = [b for b in mine if not all(valid[i][0] in finished for i in b)]
-    w = load_weights(config) if todo else None
+    w, network, config = load_networks(config, classes=False) if todo else (None, None, config)
     started = time.perf_counter()
     for number, batch in enumerate(mine, start=1):
         members = [valid[i] for i in batch]
@@ -403,7 +380,7 @@ def fuse_many(config: fusion.FusionConfig, labels: list[str] | None) -> int:
         for group in fusion.group_batches([images.shape for _, images, _ in loaded], len(loaded)):
             names, sets, outputs = (list(x) for x in zip(*(loaded[i] for i in group), strict=True))
             try:
-                fused, _ = fuse_batch(w, config, names, sets, outputs, labels)
+                fused, _ = fuse_batch(w, network, config, names, sets, outputs)
                 done += [{**r, "status": "done"} for r in fused]
             except SemfuseError as exc:  # e.g. an output that turned unwritable: record, go on
                 done += [failure(n, exc) for n in names]
@@ -461,9 +438,8 @@ def main(argv: Sequence[str]) -> int:
     if batch and _FIGURE.value:
         raise SemfuseError("--figure is for a single set (--inputs)")
     config = options.config_from_flags(_METHOD.value)
-    labels = read_labels()
     start_distributed()
-    return fuse_one(config, labels) if single else fuse_many(config, labels)
+    return fuse_one(config) if single else fuse_many(config)
 
 
 def run() -> None:

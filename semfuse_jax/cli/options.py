@@ -6,7 +6,7 @@ import os
 
 from absl import flags
 
-from semfuse_jax import fusion, optimise
+from semfuse_jax import classifier, fusion, optimise
 from semfuse_jax.optimise import Schedule
 
 BATCH = flags.DEFINE_integer("batch_size", 8, "Batch mode: sets fused together (same size).")
@@ -26,7 +26,19 @@ SEED = flags.DEFINE_integer("seed", 0, "PRNG seed (used by --init_noise).")
 INIT_NOISE = flags.DEFINE_float("init_noise", 0.0, "Std of noise added to the initial mean image.")
 TOP_K = flags.DEFINE_integer("top_k", 1, "Classes combined in each Grad-CAM (FM2/FM3).")
 CLASS = flags.DEFINE_integer("target_class", None, "ImageNet class for every Grad-CAM.")
-CAM_LAYERS = flags.DEFINE_list("cam_layers", ["conv3_4", "conv4_4", "conv5_4"], "Grad-CAM layers.")
+CLASSIFIER = flags.DEFINE_enum(
+    "classifier",
+    "auto",
+    classifier.CLASSIFIERS,
+    "ImageNet classifier for Grad-CAM (FM2/FM3) and the class report; auto: vgg19 when the "
+    "--weights file holds its classifier, else efficientnet_lite0 (installed with the package).",
+)
+CAM_LAYERS = flags.DEFINE_list(
+    "cam_layers",
+    [],
+    "Grad-CAM layers whose maps are multiplied (default: conv3_4,conv4_4,conv5_4 for vgg19; "
+    "stage6,stage7,head for efficientnet_lite0).",
+)
 COMPUTE_DTYPE = flags.DEFINE_enum(
     "compute_dtype", "float32", ["float32", "bfloat16"], "Network dtype in the Adam steps."
 )
@@ -53,6 +65,7 @@ def config_from_flags(method: str) -> fusion.FusionConfig:
         schedule=optimise.solver_schedule(SOLVER.value, schedule),
         top_k=TOP_K.value,
         target_class=CLASS.value,
+        classifier=CLASSIFIER.value,
         cam_layers=tuple(CAM_LAYERS.value),
         fm2_weighted_target=FM2_TARGET.value == "weighted",
         init_noise=INIT_NOISE.value,
