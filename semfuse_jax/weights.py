@@ -7,9 +7,9 @@ tensor contents that is checked on every load.
 
 Imports (all also readable directly by :func:`load_weights`):
 
-- torchvision ``vgg19-*.pth`` state dicts (needs torch; read with ``weights_only=True``, so no
-  pickled code ever runs): conv OIHW → HWIO ``transpose(2, 3, 1, 0)``; fc6 columns go from NCHW
-  flatten order ``c·49 + h·7 + w`` to NHWC ``(h·7 + w)·512 + c``.
+- torchvision ``vgg19-*.pth`` state dicts, read without torch by :mod:`semfuse_jax.torch_file`
+  (a whitelisting reader: no pickled code ever runs): conv OIHW → HWIO ``transpose(2, 3, 1,
+  0)``; fc6 columns go from NCHW flatten order ``c·49 + h·7 + w`` to NHWC ``(h·7 + w)·512 + c``.
 - timm ``vgg19.tv_in1k`` safetensors (no torch needed): the same weights with fc6/fc7 stored as
   1×1 / 7×7 convolutions under ``pre_logits`` and fc8 under ``head.fc``.
 - Keras HDF5 weight files (``vgg19_weights_tf_dim_ordering_tf_kernels[_notop].h5``, or any
@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from semfuse_jax import vgg19
+from semfuse_jax import torch_file, vgg19
 from semfuse_jax.errors import SemfuseError
 from semfuse_jax.io import atomic_path, check_outputs
 
@@ -266,27 +266,6 @@ def read_keras_h5(path: Path) -> Params:
     return validate_params(params, str(path))
 
 
-def read_torch_pth(path: Path) -> dict[str, np.ndarray]:
-    """Read a ``.pth`` state dict via ``torch.load(weights_only=True)``: never plain unpickling."""
-    try:
-        import torch
-    except ImportError:
-        raise SemfuseError(
-            f"weights {path}: reading .pth files needs torch (pip install torch); or convert it "
-            "on a machine with torch: semfuse-weights convert --src=FILE --out=vgg19.safetensors"
-        ) from None
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types (UnpicklingError, RuntimeError, ...)
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise SemfuseError(f"weights {path}: refused or unreadable .pth file ({first})") from None
-    if not isinstance(state, Mapping) or not all(
-        isinstance(v, torch.Tensor) for v in state.values()
-    ):
-        raise SemfuseError(f"weights {path}: not a state dict of tensors")
-    return {k: v.detach().float().numpy() for k, v in state.items()}
-
-
 # ----------------------------------------------------------------------------- canonical file
 
 
@@ -439,7 +418,7 @@ def read_any(
         return read_keras_h5(path), CAFFE_PREPROCESSING, {**info, "format": "keras-h5"}
     if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
         return (
-            from_torchvision(read_torch_pth(path), str(path)),
+            from_torchvision(torch_file.load_state_dict(path), str(path)),
             TORCHVISION_PREPROCESSING,
             {
                 **info,

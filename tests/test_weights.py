@@ -110,10 +110,14 @@ def test_pickle_payload_in_pth_is_refused_without_running(tmp_path):
     assert not marker.exists()
 
 
-def test_pth_without_torch_gives_install_hint(pth_file, monkeypatch):
-    monkeypatch.setitem(sys.modules, "torch", None)
-    with pytest.raises(SemfuseError, match="needs torch"):
-        weights.load_weights(pth_file)
+def test_pth_loads_without_torch(pth_file, torch_state, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch", None)  # any import of torch would now fail
+    loaded = weights.load_weights(pth_file)
+    expected = weights.from_torchvision(torch_state)
+    for layer in ("conv1_1", "conv5_4", "fc6", "fc8"):
+        np.testing.assert_array_equal(
+            np.asarray(loaded.params[layer]["kernel"]), expected[layer]["kernel"]
+        )
 
 
 def test_wrong_shapes_dtypes_and_keys_name_the_layer(torch_state):
@@ -136,8 +140,9 @@ def test_wrong_shapes_dtypes_and_keys_name_the_layer(torch_state):
 def test_weights_path_resolution(real_weights_file, tmp_path, monkeypatch):
     monkeypatch.setenv("SEMFUSE_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("SEMFUSE_WEIGHTS", raising=False)
-    with pytest.raises(SemfuseError, match="semfuse-weights download"):
-        weights.resolve_path()
+    assert weights.resolve_path() == weights.BUILTIN_FILE  # nothing else: the built-in conv1_1
+    builtin = weights.load_weights()
+    assert builtin.layers == ("conv1_1",)
     monkeypatch.setenv("SEMFUSE_WEIGHTS", str(real_weights_file))
     assert weights.resolve_path() == real_weights_file
     with pytest.raises(SemfuseError, match="does not exist"):
@@ -146,6 +151,21 @@ def test_weights_path_resolution(real_weights_file, tmp_path, monkeypatch):
     (tmp_path / "cache").mkdir()
     weights.convert(real_weights_file, tmp_path / "cache" / weights.DEFAULT_FILENAME)
     assert weights.load_weights().layers == vgg19.CONV_LAYERS[:8]
+
+
+def test_builtin_conv1_1_is_the_imagenet_layer_with_attribution(real_weights):
+    """The package's built-in layer equals conv1_1 of the shared Keras release, bit for bit."""
+    builtin = weights.load_weights(weights.BUILTIN_FILE)
+    assert builtin.layers == ("conv1_1",)
+    assert builtin.preprocessing == weights.CAFFE_PREPROCESSING
+    for part in ("kernel", "bias"):
+        np.testing.assert_array_equal(
+            np.asarray(builtin.params["conv1_1"][part]),
+            np.asarray(real_weights.params["conv1_1"][part]),
+        )
+    _, meta = weights.read_safetensors(weights.BUILTIN_FILE)
+    assert meta["license"] == "CC BY 4.0" and "Simonyan" in meta["attribution"]
+    assert meta["source_sha256"] == weights.manifest()["keras_block1-3"]["sha256"]
 
 
 def _fake_manifest(monkeypatch, entry: dict) -> None:

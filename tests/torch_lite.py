@@ -18,9 +18,11 @@ LITE0_BLOCKS = (
     [(3, 1, 1, 16)]
     + [(3, 2, 6, 24), (3, 1, 6, 24)]
     + [(5, 2, 6, 40), (5, 1, 6, 40)]
-    + [(3, 2, 6, 80)] + [(3, 1, 6, 80)] * 2
+    + [(3, 2, 6, 80)]
+    + [(3, 1, 6, 80)] * 2
     + [(5, 1, 6, 112)] * 3
-    + [(5, 2, 6, 192)] + [(5, 1, 6, 192)] * 3
+    + [(5, 2, 6, 192)]
+    + [(5, 1, 6, 192)] * 3
     + [(3, 1, 6, 320)]
 )
 
@@ -116,7 +118,11 @@ def random_state(seed: int = 0) -> dict[str, np.ndarray]:
                 m.running_var.uniform_(0.5, 1.5)
     names = {"stem.conv": "_conv_stem", "stem.bn": "_bn0", "head.conv": "_conv_head"}
     names |= {"head.bn": "_bn1", "fc": "_fc"}
-    parts = {"expand.conv": "_expand_conv", "expand.bn": "_bn0", "depthwise.conv": "_depthwise_conv"}
+    parts = {
+        "expand.conv": "_expand_conv",
+        "expand.bn": "_bn0",
+        "depthwise.conv": "_depthwise_conv",
+    }
     parts |= {"depthwise.bn": "_bn1", "project.conv": "_project_conv", "project.bn": "_bn2"}
     state = {}
     for key, value in model.state_dict().items():
