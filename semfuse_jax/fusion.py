@@ -36,7 +36,7 @@ import numpy as np
 from semfuse_jax import cam, classifier, metrics, pyramid, rules
 from semfuse_jax.baselines import BASELINES, activity_pyramid, fuse_baseline
 from semfuse_jax.errors import SemfuseError
-from semfuse_jax.optimise import Schedule, optimise
+from semfuse_jax.optimise import BATCHING, GRADIENTS, Schedule, optimise
 from semfuse_jax.weights import Weights
 
 METHODS: tuple[str, ...] = ("fm0", "fm1", "fm2", "fm3", "fm4", "fm5")
@@ -62,6 +62,10 @@ class FusionConfig:
       fm2_weighted_target: FM2 target values are the CAM-weighted features (else the originals).
       init_noise: std of Gaussian noise (grey levels) added to the initial image.
       compute_dtype: the network's dtype inside the optimisation: ``float32`` or ``bfloat16``.
+      gradient: ``auto`` (the exact quadratic form when the only loss layer is ``conv1_1`` and
+        the dtype float32, else autodiff through the network), ``quadratic`` or ``network``.
+      batching: ``auto``, ``vmap`` or ``map``: how the sets of a batch share an epoch
+        (``semfuse_jax.optimise.sets_per_chunk``).
       seed: PRNG seed for ``init_noise``.
     """
 
@@ -76,6 +80,8 @@ class FusionConfig:
     init_noise: float = 0.0
     seed: int = 0
     compute_dtype: str = "float32"
+    gradient: str = "auto"
+    batching: str = "auto"
 
     def __post_init__(self) -> None:
         if self.method not in ALL_METHODS:
@@ -90,6 +96,11 @@ class FusionConfig:
         if self.target_class is not None and not 0 <= self.target_class < 1000:
             raise SemfuseError("target_class must be an ImageNet class index 0..999")
         classifier.resolve(self.classifier, None)  # a known name
+        if self.gradient not in GRADIENTS or self.batching not in BATCHING:
+            raise SemfuseError(
+                f"gradient must be one of {', '.join(GRADIENTS)}; "
+                f"batching one of {', '.join(BATCHING)}"
+            )
 
     @property
     def uses_cam(self) -> bool:
@@ -326,7 +337,17 @@ def fuse(
         noise = jax.random.normal(jax.random.key(config.seed), init.shape) * config.init_noise
         init = jnp.clip(init + noise / 255.0, 0.0, 1.0)
     dtype = jnp.bfloat16 if config.compute_dtype == "bfloat16" else None
-    result = optimise(weights, init, targets, config.schedule, progress, dtype, quality)
+    result = optimise(
+        weights,
+        init,
+        targets,
+        config.schedule,
+        progress,
+        dtype,
+        quality,
+        config.gradient,
+        config.batching,
+    )
     return FusionResult(
         fused=result.images,
         average=np.asarray(average),

@@ -1,16 +1,28 @@
-"""Image optimisation: Adam on the pixels of a batch of images to match target feature maps.
+"""Image optimisation: projected Adam on the pixels of a batch of images to match target features.
 
-Per set, the loss is ``Σ_l ||G_l − N_l(I)||²`` (plain sum of squares over the layer set ``l``).
-Pixels live in ``[0, 1]`` and are projected back into it after every step. One epoch is one
-jitted ``lax.scan`` of ``iters`` Adam steps, ``vmap``-ped over the sets of the batch (each set has
-its own Adam state, so a batch gives the same result as fusing its sets one by one; on a single
-CPU device, where batching the convolutions does not pay, the sets are mapped one after another
-inside the same jitted epoch); a host loop runs the epochs, sets the learning rate of each,
-reports progress and can stop early, on the loss (``tol``) or on a quality function of the
-images, keeping each set's best epoch (FM4).
+Per set, the loss is ``L(x) = Σ_l ||G_l − N_l(x)||²`` (plain sum of squares over the layer set
+``l``). Pixels live in ``[0, 1]`` and are projected back into it after every step.
 
-Learning rate: ``lr`` is in grey levels (of 255) per step and decays geometrically once per
-epoch, ``lr_e = lr · lr_decay^e``.
+Two ways to get the gradient, one result (an *objective* is a pytree with ``gradient(x)``):
+
+- :class:`NetworkObjective`: autodiff through the network (any loss layers).
+- :class:`QuadraticObjective`: when the only loss layer is ``conv1_1`` (before its ReLU, the
+  paper's layer), the network is affine in the pixels, ``N(x) = A·x + d``, so ``L`` is an exact
+  quadratic and ``∇L = 2·AᵀA·x − b`` with ``b = 2·Aᵀ(G − d)``. ``AᵀA`` is a 5×5 stencil
+  (C → C channels, C = 1 for a grey plane, 3 for colour) except on the outermost ring of pixels,
+  where the zero padding of the convolution removes the outputs beyond the border: those terms
+  are 1-D 5-tap stencils along each edge plus one term per corner, subtracted exactly. ``b``
+  comes from one autodiff pass at ``x = 0`` (``−∇L(0)``). It follows the same Adam trajectory as
+  the network path (to float rounding) at a fraction of the cost per step.
+
+The optimiser is Optax: ``scale_by_adam`` then the learning rate, ``lr · lr_decay^epoch`` in grey
+levels (of 255) per step as a staircase ``exponential_decay`` schedule, then the box projection
+(:func:`optimizer`, :func:`project`). :func:`solve` runs a whole schedule for one set in one
+``lax.scan`` and can be jitted or vmapped as it is. :func:`optimise` is the host driver for
+batches: it runs one jitted, cached epoch (a ``lax.scan`` of ``iters`` steps, ``vmap``-ped over
+the sets, or mapped one after another where batching does not pay) at a time, spreads the batch
+over the local devices, reports progress and stops early on the loss (``tol``) or on a quality
+function (FM4), keeping each set's best epoch.
 """
 
 from __future__ import annotations
@@ -18,8 +30,10 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable, Mapping
+from functools import partial
 from typing import Any, NamedTuple
 
+import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -84,12 +98,13 @@ class OptimiseResult(NamedTuple):
       images: ``[B, H, W, C]`` optimised images in ``[0, 1]``.
       loss_history: ``[E + 1, B]`` loss of each set at the start and after each epoch run.
       steps: Adam steps taken per set.
-      compile_seconds: time to compile the epoch function.
-      optimise_seconds: time spent running epochs (after compilation).
+      compile_seconds: XLA compilation time during the call (0 when everything was cached).
+      optimise_seconds: the rest of the time spent running epochs.
       quality_history: ``[E + 1, B, K]`` the K quality scores of each set at the start and
         after each epoch run (None without a ``quality`` function).
       best_epoch: ``[B]`` epoch whose images each set returns (0: the initial images; None
         without a ``quality`` function, when the last epoch's images are returned).
+      gradient: the gradient path that ran (``quadratic`` or ``network``).
     """
 
     images: np.ndarray
@@ -99,9 +114,13 @@ class OptimiseResult(NamedTuple):
     optimise_seconds: float
     quality_history: np.ndarray | None = None
     best_epoch: np.ndarray | None = None
+    gradient: str = "network"
 
 
 Targets = Mapping[str, jax.Array]
+GRADIENTS: tuple[str, ...] = ("auto", "quadratic", "network")
+BATCHING: tuple[str, ...] = ("auto", "vmap", "map")
+LINEAR_LAYERS: tuple[str, ...] = ("conv1_1",)
 
 
 def feature_loss(
@@ -117,46 +136,285 @@ def feature_loss(
     )
 
 
+@jax.jit
 def batch_loss(weights: Weights, images: jax.Array, targets: Targets) -> jax.Array:
     """:func:`feature_loss` of each set: ``[B, H, W, C]`` → ``[B]``."""
     return jax.vmap(feature_loss, in_axes=(None, 0, 0))(weights, images, targets)
 
 
-def _epoch(
-    weights: Weights,
-    state: tuple[jax.Array, Any],
-    targets: Targets,
-    lr: jax.Array,
-    iters: int,
-    adam: optax.GradientTransformation,
-    unroll: int = 1,
-    dtype: Any = None,
-    sets_per_chunk: int | None = None,
-) -> tuple[tuple[jax.Array, Any], jax.Array]:
-    """``iters`` projected Adam steps per set; returns the new state and ``[B, iters]`` losses.
+@flax.struct.dataclass
+class NetworkObjective:
+    """The loss through the network, differentiated by autodiff (any loss layers).
 
-    The sets are ``vmap``-ped, or with ``sets_per_chunk`` mapped in vmapped chunks of that size.
+    Attributes:
+      weights: VGG19 weights holding the loss layers (shared by the sets of a batch).
+      targets: ``{layer: [h, w, c]}`` for one set, ``[B, h, w, c]`` for a batch.
+      dtype: the network's compute dtype inside the steps (None: float32).
     """
 
-    def one_set(image: jax.Array, adam_state: Any, target: Targets):
-        def step(carry, _):
-            x, s = carry
-            loss, grad = jax.value_and_grad(feature_loss, argnums=1)(weights, x, target, dtype)
-            direction, s = adam.update(grad, s)
-            return (jnp.clip(x - lr * direction, 0.0, 1.0), s), loss
+    weights: Weights
+    targets: dict[str, jax.Array]
+    dtype: Any = flax.struct.field(pytree_node=False, default=None)
 
-        (image, adam_state), losses = jax.lax.scan(
-            step, (image, adam_state), None, length=iters, unroll=unroll
-        )
-        return image, adam_state, losses
+    def gradient(self, image: jax.Array) -> jax.Array:
+        """``∇L`` at one image ``[H, W, C]``."""
+        return jax.grad(feature_loss, argnums=1)(self.weights, image, self.targets, self.dtype)
+
+    def batch_axes(self) -> NetworkObjective:
+        """``vmap`` axes: targets per set, weights shared."""
+        return NetworkObjective(weights=None, targets=0, dtype=self.dtype)
+
+
+@flax.struct.dataclass
+class QuadraticObjective:
+    """The exact quadratic form of the ``conv1_1`` loss (see the module docstring).
+
+    Attributes:
+      stencil: ``[5, 5, C, C]`` the interior stencil of ``AᵀA`` (input channel, output channel).
+      edges: ``[4, 5, C, C]`` the 1-D stencils removed along the top, bottom, left, right edge.
+      corners: ``[4, C, C]`` the terms added back at the top-left, top-right, bottom-left and
+        bottom-right pixel (counted by two edges).
+      rhs: ``b = 2·Aᵀ(G − d)``: ``[H, W, C]`` for one set, ``[B, H, W, C]`` for a batch.
+    """
+
+    stencil: jax.Array
+    edges: jax.Array
+    corners: jax.Array
+    rhs: jax.Array
+
+    def gradient(self, image: jax.Array) -> jax.Array:
+        """``∇L = 2·AᵀA·x − b`` at one image ``[H, W, C]``."""
+        out = _stencil_2d(image, self.stencil)
+        top, bottom, left, right = self.edges
+        out = out.at[0].add(-_stencil_1d(image[0], top))
+        out = out.at[-1].add(-_stencil_1d(image[-1], bottom))
+        out = out.at[:, 0].add(-_stencil_1d(image[:, 0], left))
+        out = out.at[:, -1].add(-_stencil_1d(image[:, -1], right))
+        for (row, col), term in zip(
+            ((0, 0), (0, -1), (-1, 0), (-1, -1)), self.corners, strict=True
+        ):
+            out = out.at[row, col].add(image[row, col] @ term)
+        return 2.0 * out - self.rhs
+
+    def batch_axes(self) -> QuadraticObjective:
+        """``vmap`` axes: the right-hand side per set, the stencils shared."""
+        return QuadraticObjective(stencil=None, edges=None, corners=None, rhs=0)
+
+
+def _stencil_2d(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """``out[q, o] = Σ_{δ, c} kernel[δ + 2, c, o] · x[q + δ, c]`` with zero padding, as
+    shift-and-add (far faster than a convolution call for one or three channels on a CPU)."""
+    h, w, c = x.shape
+    ry, rx = kernel.shape[0] // 2, kernel.shape[1] // 2
+    padded = jnp.pad(x, ((ry, ry), (rx, rx), (0, 0)))
+    out = [jnp.zeros((h, w), x.dtype)] * c
+    for i in range(kernel.shape[0]):
+        for j in range(kernel.shape[1]):
+            shifted = padded[i : i + h, j : j + w]
+            for o in range(c):
+                for k in range(c):
+                    out[o] = out[o] + shifted[..., k] * kernel[i, j, k, o]
+    return jnp.stack(out, axis=-1)
+
+
+def _stencil_1d(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """:func:`_stencil_2d` along one axis: ``x`` ``[L, C]``, ``kernel`` ``[5, C, C]``."""
+    return _stencil_2d(x[None], kernel[None])[0]
+
+
+def input_kernel(weights: Weights, channels: int) -> np.ndarray:
+    """``conv1_1``'s kernel acting on pixels in ``[0, 1]``: ``[3, 3, C, 64]`` (float64).
+
+    The preprocessing's per-channel scale (``scale / std``) and channel order are folded in; for a
+    grey plane (C = 1) the three replicated channels are summed. Its mean subtraction and the
+    bias are the affine part ``d``, which the right-hand side ``b`` absorbs.
+    """
+    prep = weights.preprocessing
+    kernel = np.asarray(weights.params["conv1_1"]["kernel"], np.float64)
+    scale = prep.scale / np.asarray(prep.std, np.float64)
+    rgb = [2, 1, 0] if prep.channel_order == "BGR" else [0, 1, 2]  # network channel → RGB
+    folded = np.zeros_like(kernel)
+    for j, c in enumerate(rgb):
+        folded[:, :, c, :] = kernel[:, :, j, :] * scale[j]
+    return folded.sum(axis=2, keepdims=True) if channels == 1 else folded
+
+
+def gram_stencils(kernel: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``AᵀA`` of a 3×3 convolution ``kernel`` ``[3, 3, C, K]`` (zero padding 1) as stencils.
+
+    Returns ``(stencil [5, 5, C, C], edges [4, 5, C, C], corners [4, C, C])`` as
+    :class:`QuadraticObjective` uses them. With ``a = (i − 1, j − 1)`` the offset of kernel tap
+    ``(i, j)``: ``stencil[δ + 2] = Σ_{a' − a = δ} k[a'] k[a]ᵀ`` (``[C, K] @ [K, C]``); the
+    outputs one row above the image see only its top row, through kernel row ``i = 2``, so the
+    top edge removes the 1-D autocorrelation of ``k[2, :]`` (bottom: ``k[0, :]``, left:
+    ``k[:, 2]``, right: ``k[:, 0]``);
+    each corner output beyond the image (e.g. above-left, through ``k[2, 2]``) is in two edges
+    and is added back once.
+    """
+    k = np.asarray(kernel, np.float64)
+    c = k.shape[2]
+    stencil = np.zeros((5, 5, c, c))
+    for i, j, i2, j2 in np.ndindex(3, 3, 3, 3):
+        stencil[i2 - i + 2, j2 - j + 2] += k[i2, j2] @ k[i, j].T
+
+    def autocorrelation(taps: np.ndarray) -> np.ndarray:  # [3, C, K] → [5, C, C]
+        out = np.zeros((5, c, c))
+        for a, b in np.ndindex(3, 3):
+            out[b - a + 2] += taps[b] @ taps[a].T
+        return out
+
+    edges = np.stack([autocorrelation(t) for t in (k[2], k[0], k[:, 2], k[:, 0])])
+    corners = np.stack(
+        [k[2, 2] @ k[2, 2].T, k[2, 0] @ k[2, 0].T, k[0, 2] @ k[0, 2].T, k[0, 0] @ k[0, 0].T]
+    )
+    return stencil, edges, corners
+
+
+@jax.jit
+def _quadratic_rhs(weights: Weights, targets: Targets, zeros: jax.Array) -> jax.Array:
+    """``b = −∇L(0)`` of each set: ``[B, H, W, C]``."""
+    grad = jax.vmap(jax.grad(feature_loss, argnums=1), in_axes=(None, 0, 0))
+    return -grad(weights, zeros, targets)
+
+
+def quadratic_objective(
+    weights: Weights, targets: Targets, shape: tuple[int, ...]
+) -> QuadraticObjective:
+    """The quadratic objective of a batch: ``targets`` ``{'conv1_1': [B, H, W, 64]}``, images of
+    ``shape`` ``[B, H, W, C]``."""
+    if tuple(targets) != LINEAR_LAYERS:
+        raise SemfuseError(f"the quadratic form needs the loss layers {LINEAR_LAYERS}")
+    stencil, edges, corners = gram_stencils(input_kernel(weights, shape[-1]))
+    rhs = _quadratic_rhs(weights, dict(targets), jnp.zeros(shape, jnp.float32))
+    as32 = partial(jnp.asarray, dtype=jnp.float32)
+    return QuadraticObjective(as32(stencil), as32(edges), as32(corners), rhs)
+
+
+def choose_gradient(gradient: str, layers: tuple[str, ...], dtype: Any = None) -> str:
+    """``quadratic`` or ``network`` for a ``gradient`` setting (``auto``: quadratic exactly when
+    every loss layer is linear and the compute dtype is float32)."""
+    if gradient not in GRADIENTS:
+        raise SemfuseError(f"unknown gradient {gradient!r}; choose from {', '.join(GRADIENTS)}")
+    linear = tuple(layers) == LINEAR_LAYERS
+    if gradient == "quadratic" and not linear:
+        raise SemfuseError(f"--gradient=quadratic needs --layers={','.join(LINEAR_LAYERS)}")
+    if gradient == "auto":
+        return "quadratic" if linear and dtype is None else "network"
+    return gradient
+
+
+def optimizer(schedule: Schedule) -> optax.GradientTransformation:
+    """Adam with the schedule's per-epoch staircase learning rate (grey levels of 255 → [0, 1])."""
+    rate = optax.exponential_decay(
+        schedule.lr / 255.0, schedule.iters, schedule.lr_decay, staircase=True
+    )
+    return optax.chain(
+        optax.scale_by_adam(b1=schedule.b1, b2=schedule.b2, eps=schedule.eps),
+        optax.scale_by_learning_rate(rate),
+    )
+
+
+def project(image: jax.Array) -> jax.Array:
+    """The box projection onto valid pixels ``[0, 1]``."""
+    return optax.projections.projection_box(image, 0.0, 1.0)
+
+
+def run_steps(
+    objective: Any, image: jax.Array, state: Any, steps: int, schedule: Schedule
+) -> tuple[jax.Array, Any]:
+    """``steps`` projected Adam steps of one set: ``image`` ``[H, W, C]`` and the optimiser
+    ``state`` in, both updated out (a ``lax.scan``; jittable and vmappable)."""
+    adam = optimizer(schedule)
+
+    def step(carry: tuple[jax.Array, Any], _: None) -> tuple[tuple[jax.Array, Any], None]:
+        x, s = carry
+        updates, s = adam.update(objective.gradient(x), s, x)
+        return (project(optax.apply_updates(x, updates)), s), None
+
+    (image, state), _ = jax.lax.scan(
+        step, (image, state), None, length=steps, unroll=schedule.unroll
+    )
+    return image, state
+
+
+def solve(objective: Any, init: jax.Array, schedule: Schedule) -> jax.Array:
+    """The whole schedule (``epochs × iters`` steps, no early stopping) for one set.
+
+    A pure function: ``jax.jit(solve, static_argnames="schedule")`` and ``jax.vmap`` over sets
+    (with ``in_axes=(objective.batch_axes(), 0, None)``) work as they are.
+
+    Args:
+      objective: a per-set :class:`NetworkObjective` or :class:`QuadraticObjective`.
+      init: ``[H, W, C]`` initial image in ``[0, 1]``.
+    """
+    state = optimizer(schedule).init(init)
+    return run_steps(objective, init, state, schedule.epochs * schedule.iters, schedule)[0]
+
+
+@partial(
+    jax.jit, static_argnames=("schedule", "sets_per_chunk"), donate_argnames=("images", "states")
+)
+def _epoch(
+    objective: Any,
+    images: jax.Array,
+    states: Any,
+    schedule: Schedule,
+    sets_per_chunk: int | None,
+) -> tuple[jax.Array, Any]:
+    """One epoch of every set of a batch: vmapped, or mapped in chunks of ``sets_per_chunk``."""
+    axes = objective.batch_axes()
+
+    def one(obj: Any, image: jax.Array, state: Any) -> tuple[jax.Array, Any]:
+        return run_steps(obj, image, state, schedule.iters, schedule)
 
     if sets_per_chunk is None:
-        images, adam_states, losses = jax.vmap(one_set)(*state, targets)
-    else:
-        images, adam_states, losses = jax.lax.map(
-            lambda args: one_set(*args), (*state, targets), batch_size=sets_per_chunk
-        )
-    return (images, adam_states), losses
+        return jax.vmap(one, in_axes=(axes, 0, 0))(objective, images, states)
+
+    def set_number(i: jax.Array) -> tuple[jax.Array, Any]:
+        def pick(axis: int | None, part: Any) -> Any:
+            return part if axis is None else jax.tree.map(lambda leaf: leaf[i], part)
+
+        own = jax.tree.map(pick, axes, objective, is_leaf=lambda x: x is None)
+        return one(own, images[i], jax.tree.map(lambda leaf: leaf[i], states))
+
+    return jax.lax.map(set_number, jnp.arange(images.shape[0]), batch_size=sets_per_chunk)
+
+
+class CompileCounter:
+    """Counts XLA backend compilations and their seconds, process-wide (for reports and tests).
+
+    ``snapshot()`` gives ``(count, seconds)``; differences of two snapshots bracket a call.
+    """
+
+    EVENT = "/jax/core/compile/backend_compile_duration"
+
+    def __init__(self) -> None:
+        self.count, self.seconds = 0, 0.0
+        jax.monitoring.register_event_duration_secs_listener(self._record)
+
+    def _record(self, event: str, duration: float, **_: Any) -> None:
+        if event == self.EVENT:
+            self.count += 1
+            self.seconds += duration
+
+    def snapshot(self) -> tuple[int, float]:
+        return self.count, self.seconds
+
+
+COMPILES = CompileCounter()
+
+
+def sets_per_chunk(batching: str, devices: int) -> int | None:
+    """None to ``vmap`` the sets of a batch, 1 to run them one after another (``map``).
+
+    ``auto``: one after another on a single CPU device, where batching the convolutions of
+    several sets does not pay (``benchmarks/fm0_speed.py``), ``vmap`` elsewhere.
+    """
+    if batching not in BATCHING:
+        raise SemfuseError(f"unknown batching {batching!r}; choose from {', '.join(BATCHING)}")
+    if batching == "auto":
+        batching = "map" if devices == 1 and jax.default_backend() == "cpu" else "vmap"
+    return 1 if batching == "map" else None
 
 
 def optimise(
@@ -167,6 +425,8 @@ def optimise(
     progress: Callable[[int, int, np.ndarray, float], None] | None = None,
     dtype: Any = None,
     quality: Callable[[np.ndarray], np.ndarray] | None = None,
+    gradient: str = "auto",
+    batching: str = "auto",
 ) -> OptimiseResult:
     """Run the Adam schedule on a batch, split over the local devices (see ``sharding``).
 
@@ -179,15 +439,17 @@ def optimise(
       progress: called on the host after each epoch as ``progress(epoch, epochs, losses [B],
         elapsed_seconds)``.
       dtype: compute dtype of the network inside the steps (None: float32; ``jnp.bfloat16`` for
-        speed on accelerators). Reported losses are always computed in float32.
+        speed on accelerators; it implies the network gradient). Reported losses are always
+        computed in float32 through the network.
       quality: optional host function scoring images ``[B, H, W, C] → [B, K]`` on K criteria
         (higher is better). It scores the initial images and each epoch's result; an epoch's
         images replace a set's kept ones when they are no worse on any criterion and better on
         their sum. Each set stops at its first epoch without such a gain and returns its kept
         images (so a set's result does not depend on the batch it runs in); the run stops when
         every set has stopped (early stopping on quality instead of on the loss).
+      gradient: ``auto``, ``quadratic`` or ``network`` (see :func:`choose_gradient`).
+      batching: ``auto``, ``vmap`` or ``map`` (see :func:`sets_per_chunk`).
     """
-    adam = optax.scale_by_adam(b1=schedule.b1, b2=schedule.b2, eps=schedule.eps)
     mesh = sharding.batch_mesh()
     (init, targets), batch = sharding.pad_batch(
         (np.asarray(init, np.float32), {k: np.asarray(v, np.float32) for k, v in targets.items()}),
@@ -195,12 +457,25 @@ def optimise(
     )
     images, targets = sharding.shard_batch((init, targets), mesh)  # fresh buffers: donated below
     weights = sharding.replicate(weights, mesh)
-    # One CPU gains nothing from batching the convolutions of several sets (measured in
-    # benchmarks/fm0_speed.py): there the sets of a batch run one after another.
-    sets_per_chunk = 1 if mesh.size == 1 and jax.default_backend() == "cpu" else None
-    state = (images, jax.vmap(adam.init)(images))
-    loss_fn = jax.jit(batch_loss)
-    history = [np.asarray(loss_fn(weights, images, targets))[:batch]]
+    how = choose_gradient(gradient, tuple(targets), dtype)
+    compiled_before = COMPILES.snapshot()
+    if how == "quadratic":
+        objective = quadratic_objective(weights, targets, images.shape)
+        objective = objective.replace(
+            **sharding.replicate(
+                {
+                    "stencil": objective.stencil,
+                    "edges": objective.edges,
+                    "corners": objective.corners,
+                },
+                mesh,
+            )
+        )
+    else:
+        objective = NetworkObjective(weights, dict(targets), dtype)
+    chunk = sets_per_chunk(batching, mesh.size)
+    states = jax.vmap(optimizer(schedule).init)(images)
+    history = [np.asarray(batch_loss(weights, images, targets))[:batch]]
     best = scores = None
     if quality is not None:
         best = np.array(init[:batch], np.float32)
@@ -210,38 +485,15 @@ def optimise(
         active = np.ones(batch, bool)
 
     start = time.perf_counter()
-    epoch = (
-        jax.jit(
-            _epoch,
-            static_argnames=("iters", "adam", "unroll", "dtype", "sets_per_chunk"),
-            donate_argnames=("state",),
-        )
-        .lower(
-            weights,
-            state,
-            targets,
-            jnp.float32(0.0),
-            iters=schedule.iters,
-            adam=adam,
-            unroll=schedule.unroll,
-            dtype=dtype,
-            sets_per_chunk=sets_per_chunk,
-        )
-        .compile()
-    )
-    compile_seconds = time.perf_counter() - start
-
-    start = time.perf_counter()
     epochs_run = 0
     for e in range(schedule.epochs):
-        lr = schedule.lr / 255.0 * schedule.lr_decay**e
-        state, _ = epoch(weights, state, targets, jnp.float32(lr))
-        history.append(np.asarray(loss_fn(weights, state[0], targets))[:batch])
+        images, states = _epoch(objective, images, states, schedule, chunk)
+        history.append(np.asarray(batch_loss(weights, images, targets))[:batch])
         epochs_run = e + 1
         if progress is not None:
             progress(epochs_run, schedule.epochs, history[-1], time.perf_counter() - start)
         if quality is not None:
-            current = np.asarray(jax.device_get(state[0]))[:batch]
+            current = np.asarray(jax.device_get(images))[:batch]
             scores.append(np.asarray(quality(current), np.float64))
             new = scores[-1]
             better = active & np.all(new >= kept, axis=-1) & (new.sum(-1) > kept.sum(-1))
@@ -255,12 +507,15 @@ def optimise(
             gain = (history[-2] - history[-1]) / np.maximum(history[-2], 1e-30)
             if np.all(gain < schedule.tol):
                 break
+    jax.block_until_ready(images)
+    compile_seconds = COMPILES.snapshot()[1] - compiled_before[1]
     return OptimiseResult(
-        images=np.asarray(jax.device_get(state[0]))[:batch] if best is None else best,
+        images=np.asarray(jax.device_get(images))[:batch] if best is None else best,
         loss_history=np.stack(history),
         steps=epochs_run * schedule.iters,
         compile_seconds=compile_seconds,
-        optimise_seconds=time.perf_counter() - start,
+        optimise_seconds=time.perf_counter() - start - compile_seconds,
         quality_history=None if scores is None else np.stack(scores),
         best_epoch=None if scores is None else best_epoch,
+        gradient=how,
     )
