@@ -175,12 +175,20 @@ class QuadraticObjective:
       corners: ``[4, C, C]`` the terms added back at the top-left, top-right, bottom-left and
         bottom-right pixel (counted by two edges).
       rhs: ``b = 2·Aᵀ(G − d)``: ``[H, W, C]`` for one set, ``[B, H, W, C]`` for a batch.
+      offset: ``||G − d||²``, the loss at ``x = 0``: ``[]`` for one set, ``[B]`` for a batch.
     """
 
     stencil: jax.Array
     edges: jax.Array
     corners: jax.Array
     rhs: jax.Array
+    offset: jax.Array
+
+    def loss(self, image: jax.Array) -> jax.Array:
+        """``L(x) = xᵀAᵀA x − xᵀb + ||G − d||²`` at one image ``[H, W, C]`` (float32; for
+        checks: the driver reports losses through the network)."""
+        hx = self.gradient(image) + self.rhs  # 2·AᵀA·x
+        return 0.5 * jnp.vdot(image, hx) - jnp.vdot(image, self.rhs) + self.offset
 
     def gradient(self, image: jax.Array) -> jax.Array:
         """``∇L = 2·AᵀA·x − b`` at one image ``[H, W, C]``."""
@@ -198,7 +206,7 @@ class QuadraticObjective:
 
     def batch_axes(self) -> QuadraticObjective:
         """``vmap`` axes: the right-hand side per set, the stencils shared."""
-        return QuadraticObjective(stencil=None, edges=None, corners=None, rhs=0)
+        return QuadraticObjective(stencil=None, edges=None, corners=None, rhs=0, offset=0)
 
 
 def _stencil_2d(x: jax.Array, kernel: jax.Array) -> jax.Array:
@@ -271,10 +279,13 @@ def gram_stencils(kernel: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarra
 
 
 @jax.jit
-def _quadratic_rhs(weights: Weights, targets: Targets, zeros: jax.Array) -> jax.Array:
-    """``b = −∇L(0)`` of each set: ``[B, H, W, C]``."""
-    grad = jax.vmap(jax.grad(feature_loss, argnums=1), in_axes=(None, 0, 0))
-    return -grad(weights, zeros, targets)
+def _quadratic_rhs(
+    weights: Weights, targets: Targets, zeros: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    """``(b = −∇L(0) [B, H, W, C], L(0) [B])`` of each set."""
+    value_and_grad = jax.value_and_grad(feature_loss, argnums=1)
+    loss, grad = jax.vmap(value_and_grad, in_axes=(None, 0, 0))(weights, zeros, targets)
+    return -grad, loss
 
 
 def quadratic_objective(
@@ -285,9 +296,9 @@ def quadratic_objective(
     if tuple(targets) != LINEAR_LAYERS:
         raise SemfuseError(f"the quadratic form needs the loss layers {LINEAR_LAYERS}")
     stencil, edges, corners = gram_stencils(input_kernel(weights, shape[-1]))
-    rhs = _quadratic_rhs(weights, dict(targets), jnp.zeros(shape, jnp.float32))
+    rhs, offset = _quadratic_rhs(weights, dict(targets), jnp.zeros(shape, jnp.float32))
     as32 = partial(jnp.asarray, dtype=jnp.float32)
-    return QuadraticObjective(as32(stencil), as32(edges), as32(corners), rhs)
+    return QuadraticObjective(as32(stencil), as32(edges), as32(corners), rhs, offset)
 
 
 def choose_gradient(gradient: str, layers: tuple[str, ...], dtype: Any = None) -> str:
