@@ -282,9 +282,10 @@ def gram_stencils(kernel: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarra
 def _quadratic_rhs(
     weights: Weights, targets: Targets, zeros: jax.Array
 ) -> tuple[jax.Array, jax.Array]:
-    """``(b = −∇L(0) [B, H, W, C], L(0) [B])`` of each set."""
+    """``(b = −∇L(0) [B, H, W, C], L(0) [B])`` of each set, one set after another so that a
+    set's values do not depend on the size of its batch (Adam amplifies the last bit)."""
     value_and_grad = jax.value_and_grad(feature_loss, argnums=1)
-    loss, grad = jax.vmap(value_and_grad, in_axes=(None, 0, 0))(weights, zeros, targets)
+    loss, grad = jax.lax.map(lambda args: value_and_grad(weights, *args), (zeros, targets))
     return -grad, loss
 
 

@@ -59,7 +59,10 @@ def test_clock_fm0_writes_grey_png_report_and_figure(clock, real_weights_file, t
         assert key in record
     assert record["method"] == "fm0" and record["steps"] == 10
     assert record["final_loss"] < record["loss_history"][0]
-    assert record["settings"]["layers"] == ["conv1_1"] and "classes" not in record
+    assert record["settings"]["layers"] == ["conv1_1"]
+    assert record["settings"]["classifier"] == "efficientnet_lite0"  # the weights have no fc8
+    top = record["classes"]["inputs"][0][0]
+    assert top["label"] in ("analog clock", "wall clock") and 0 < top["probability"] <= 1
     assert "epoch 2/2" in result.stderr  # progress is logged
     assert Image.open(sheet).size[0] == 4 * 256  # two inputs, average, fused
 
@@ -86,8 +89,8 @@ def test_bad_inputs_fail_with_one_line_and_no_output(clock, data_dir, real_weigh
         ((f"--inputs={clock[0]},{lytro}",), ("differ in size",)),
         ((f"--inputs={clock[0]},{tmp_path / 'missing.png'}",), ("no such file",)),
         ((f"--inputs={clock[0]},{junk}",), ("not a readable image",)),
-        ((f"--inputs={clock[0]},{clock[1]}", "--method=fm3"), ("conv4_1", "fc8")),
-        ((f"--inputs={clock[0]},{clock[1]}", "--method=fm2"), ("conv5_4", "fc8")),
+        ((f"--inputs={clock[0]},{clock[1]}", "--method=fm3", "--classifier=vgg19"), ("fc8",)),
+        ((f"--inputs={clock[0]},{clock[1]}", "--method=fm2", "--layers=conv2_1"), ("conv2_1",)),
         ((f"--inputs={clock[0]},{clock[1]}", "--layers=conv9_9"), ("conv9_9",)),
     ]
     for args, needles in cases:

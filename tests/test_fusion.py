@@ -83,7 +83,7 @@ def test_fm3_is_the_exact_convex_mix(full_weights, sharp_images):
     np.testing.assert_allclose(result.fused[0], expected, rtol=1e-6, atol=1e-6)
     low, high = images[0].min(axis=0), images[0].max(axis=0)
     assert np.all(result.fused[0] >= low - 1e-6) and np.all(result.fused[0] <= high + 1e-6)
-    assert result.steps == 0 and p.min() == 0.0 and p.max() == pytest.approx(1.0)
+    assert result.steps == 0 and 0.0 <= p.min() < 0.05 and 0.95 < p.max() <= 1.0
 
 
 def test_fm3_three_inputs_and_top_k(full_weights, sharp_images):
@@ -118,11 +118,12 @@ def test_fm2_runs_with_full_weights_and_targets_follow_the_cam(
     assert not np.allclose(np.asarray(targets["conv1_1"]), np.asarray(plain["conv1_1"]))
 
 
-def test_cam_methods_refuse_partial_weights(real_weights, sharp_images):
+def test_cam_methods_refuse_a_vgg19_classifier_from_partial_weights(real_weights, sharp_images):
     images = multifocus_set(sharp_images[0])[None]
-    for method in ("fm2", "fm3"):
+    for method in ("fm2", "fm3", "fm5"):
+        config = fusion.FusionConfig(method=method, classifier="vgg19")
         with pytest.raises(MissingLayersError, match=r"conv4_1.*fc8"):
-            fusion.fuse(real_weights, images, fusion.FusionConfig(method=method))
+            fusion.fuse(real_weights, images, config)
 
 
 def test_bad_sets_and_settings_are_refused():

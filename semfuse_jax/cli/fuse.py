@@ -242,18 +242,19 @@ def read_status(path: Path) -> dict[str, dict[str, Any]]:
     return latest
 
 
-def lock_run(path: Path) -> None:
-    """Hold an exclusive lock on ``path`` for the rest of the process; refuse a second run."""
+def lock_run(folder: Path) -> None:
+    """Hold an exclusive lock on the output ``folder`` for the rest of the process (no file is
+    created: the folder itself is locked); refuse a second run on it."""
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         raise SemfuseError(
-            f"another semfuse-fuse run is writing to {path.parent}; wait for it or use another "
+            f"another semfuse-fuse run is writing to {folder}; wait for it or use another "
             "--output_dir"
         ) from None
     except OSError as exc:
-        raise SemfuseError(f"cannot lock {path}: {exc.strerror}") from None
+        raise SemfuseError(f"cannot lock {folder}: {exc.strerror}") from None
     _LOCKS.append(fd)  # closed (and so released) when the process exits
 
 
@@ -317,7 +318,7 @@ def fuse_many(config: fusion.FusionConfig) -> int:
         raise SemfuseError(f"cannot create {out_dir}: {exc.strerror}") from None
     name = STATUS_FILE if processes == 1 else STATUS_FILE.replace(".", f".p{process}.", 1)
     status_path = out_dir / name
-    lock_run(out_dir / f".{name}.lock")
+    lock_run(out_dir)
     if status_path.is_symlink() or (status_path.exists() and not status_path.is_file()):
         raise SemfuseError(f"{status_path} is not a regular file; refusing to append to it")
     io.check_writable(status_path)
