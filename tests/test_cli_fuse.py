@@ -90,7 +90,7 @@ def test_bad_inputs_fail_with_one_line_and_no_output(clock, data_dir, real_weigh
         ((f"--inputs={clock[0]},{tmp_path / 'missing.png'}",), ("no such file",)),
         ((f"--inputs={clock[0]},{junk}",), ("not a readable image",)),
         ((f"--inputs={clock[0]},{clock[1]}", "--method=fm3", "--classifier=vgg19"), ("fc8",)),
-        ((f"--inputs={clock[0]},{clock[1]}", "--method=fm2", "--layers=conv2_1"), ("conv2_1",)),
+        ((f"--inputs={clock[0]},{clock[1]}", "--method=fm2", "--layers=conv4_1"), ("conv4_1",)),
         ((f"--inputs={clock[0]},{clock[1]}", "--layers=conv9_9"), ("conv9_9",)),
     ]
     for args, needles in cases:

@@ -176,7 +176,7 @@ def test_resume_recovers_from_every_interruption_point(images, tmp_path):
 def test_second_run_on_one_output_folder_is_refused(images, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
-    held = os.open(out, os.O_RDONLY | os.O_DIRECTORY)  # as a running semfuse-fuse holds it
+    held = os.open(out / "status.jsonl", os.O_RDWR | os.O_CREAT)  # as a running run holds it
     try:
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
         args = [f"--pairs={_manifest(tmp_path, images)}", f"--output_dir={out}", "--method=max"]
@@ -184,7 +184,7 @@ def test_second_run_on_one_output_folder_is_refused(images, tmp_path):
     finally:
         os.close(held)
     assert one_line_error(result, "another semfuse-fuse run"), result.stderr
-    assert not (out / "one.png").exists()
+    assert not (out / "one.png").exists() and (out / "status.jsonl").read_text() == ""
 
 
 @pytest.mark.parametrize(

@@ -242,19 +242,31 @@ def read_status(path: Path) -> dict[str, dict[str, Any]]:
     return latest
 
 
-def lock_run(folder: Path) -> None:
-    """Hold an exclusive lock on the output ``folder`` for the rest of the process (no file is
-    created: the folder itself is locked); refuse a second run on it."""
+def claim_status(path: Path, resume: bool, overwrite: bool) -> None:
+    """Create or open a run's status file and hold an exclusive lock on it for the rest of the
+    process, so that a second run on the same output (and process id) is refused.
+
+    An existing status file is continued with ``resume``, emptied with ``overwrite``, and
+    otherwise refused (before anything is written).
+    """
+    existed = os.path.lexists(path)
     try:
-        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        raise SemfuseError(
-            f"another semfuse-fuse run is writing to {folder}; wait for it or use another "
-            "--output_dir"
-        ) from None
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666)
     except OSError as exc:
-        raise SemfuseError(f"cannot lock {folder}: {exc.strerror}") from None
+        raise SemfuseError(f"cannot open {path}: {exc.strerror}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise SemfuseError(
+            f"another semfuse-fuse run is writing to {path.parent} ({path.name} is locked); "
+            "wait for it or use another --output_dir"
+        ) from None
+    if existed and not resume:
+        if not overwrite:
+            os.close(fd)
+            raise SemfuseError(f"{path} exists: pass --resume to continue that run")
+        os.ftruncate(fd, 0)
     _LOCKS.append(fd)  # closed (and so released) when the process exits
 
 
@@ -318,7 +330,6 @@ def fuse_many(config: fusion.FusionConfig) -> int:
         raise SemfuseError(f"cannot create {out_dir}: {exc.strerror}") from None
     name = STATUS_FILE if processes == 1 else STATUS_FILE.replace(".", f".p{process}.", 1)
     status_path = out_dir / name
-    lock_run(out_dir)
     if status_path.is_symlink() or (status_path.exists() and not status_path.is_file()):
         raise SemfuseError(f"{status_path} is not a regular file; refusing to append to it")
     io.check_writable(status_path)
@@ -331,11 +342,8 @@ def fuse_many(config: fusion.FusionConfig) -> int:
     )
     if _REPORT.value:
         io.check_writable(_REPORT.value, overwrite=_OVERWRITE.value or _RESUME.value)
+    claim_status(status_path, _RESUME.value, _OVERWRITE.value)
     previous = read_status(status_path) if _RESUME.value else {}
-    if not _RESUME.value and status_path.exists():
-        if not _OVERWRITE.value:
-            raise SemfuseError(f"{status_path} exists: pass --resume to continue that run")
-        status_path.unlink()
     finished = {
         set_name
         for set_name, record in previous.items()
