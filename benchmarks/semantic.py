@@ -45,7 +45,7 @@ from semfuse_jax.weights import TORCHVISION_PREPROCESSING, preprocess
 _DATA = flags.DEFINE_string("data", "../shared/data", "Shared data folder.")
 _WEIGHTS = flags.DEFINE_string("weights", None, "VGG19 weights for FM2/FM4 (default: built in).")
 _OUT = flags.DEFINE_string("out", "benchmarks/out", "Output folder for the tables.")
-_FIGURES = flags.DEFINE_string("figures", "benchmarks/figures", "Output folder for sheets.")
+_FIGURES = flags.DEFINE_string("figures", "benchmarks/out/figures", "Output folder for sheets.")
 _SIZE = flags.DEFINE_integer("size", 256, "Side of the square test images, pixels.")
 _PARTS = flags.DEFINE_list(
     "parts", ["preprocessing", "cam_layers", "table2", "figure3", "retention"], "Parts to run."

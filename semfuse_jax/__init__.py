@@ -1,11 +1,42 @@
 """semfuse_jax: Semantic Image Fusion (Hill & Bull, 2021) in JAX/Flax.
 
-Modules: ``vgg19`` (model), ``weights`` (import/convert/load), ``rules`` (fusion rules Ψ),
-``cam`` (Grad-CAM and mixing), ``optimise`` (Adam image optimisation), ``fusion`` (FM0–FM3),
-``io`` (images and atomic writes), ``figure`` (contact sheets), ``cli`` (absl tools).
+The public API::
+
+    from semfuse_jax import FusionConfig, fuse, load_image, save_image, stack_set
+
+    images = stack_set([load_image("a.png"), load_image("b.png")])  # [N, H, W, C]
+    result = fuse(None, images[None], FusionConfig(method="fm0"))  # built-in conv1_1 weights
+    save_image("fused.png", result.fused[0])
+
+Modules: ``vgg19`` and ``efficientnet`` (models), ``weights`` and ``torch_file`` (weight files),
+``classifier`` (ImageNet classifiers, class names), ``rules`` (fusion rules Ψ), ``cam``
+(Grad-CAM, mixing), ``pyramid`` (Laplacian pyramids), ``optimise`` (objectives and the Adam
+solver), ``fusion`` (FM0–FM5), ``baselines``, ``metrics``, ``io`` (images, atomic writes),
+``figure`` (contact sheets), ``cli`` (absl tools).
 """
 
 from importlib.metadata import PackageNotFoundError, version
+
+from semfuse_jax import metrics
+from semfuse_jax.errors import SemfuseError
+from semfuse_jax.fusion import FusionConfig, FusionResult, fuse, stack_set
+from semfuse_jax.io import load_image, save_image
+from semfuse_jax.optimise import Schedule, solve
+from semfuse_jax.weights import load_weights
+
+__all__ = [
+    "FusionConfig",
+    "FusionResult",
+    "Schedule",
+    "SemfuseError",
+    "fuse",
+    "load_image",
+    "load_weights",
+    "metrics",
+    "save_image",
+    "solve",
+    "stack_set",
+]
 
 try:
     __version__ = version("semfuse_jax")

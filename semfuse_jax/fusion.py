@@ -37,7 +37,7 @@ from semfuse_jax import cam, classifier, metrics, pyramid, rules
 from semfuse_jax.baselines import BASELINES, activity_pyramid, fuse_baseline
 from semfuse_jax.errors import SemfuseError
 from semfuse_jax.optimise import BATCHING, GRADIENTS, Schedule, optimise
-from semfuse_jax.weights import Weights
+from semfuse_jax.weights import Weights, load_weights
 
 METHODS: tuple[str, ...] = ("fm0", "fm1", "fm2", "fm3", "fm4", "fm5")
 FM5_LEVELS = 3  # pyramid detail levels of FM5's blend (benchmarks/semantic.py)
@@ -284,8 +284,9 @@ def fuse(
     """Fuse a batch of image sets with ``config.method``.
 
     Args:
-      weights: VGG19 weights holding the layers ``config.required_outputs`` need (unused, and
-        may be None, for the baselines and FM3).
+      weights: VGG19 weights holding the layers ``config.required_outputs`` need; None loads
+        the default ones (``weights.load_weights()``: ``$SEMFUSE_WEIGHTS``, the cache's file,
+        else the built-in ``conv1_1``). Unused by the baselines, FM3 and FM5.
       images: ``[B, N, H, W, C]`` in ``[0, 1]`` (N ≥ 2; C = 1 grey or 3 RGB).
       config: see :class:`FusionConfig`.
       progress: per-epoch callback, see :func:`semfuse_jax.optimise.optimise`.
@@ -299,8 +300,8 @@ def fuse(
         fused = fuse_baseline(config.method, np.asarray(images))
         return FusionResult(fused=fused, average=np.asarray(average))
     if config.required_outputs:
-        if weights is None:
-            raise SemfuseError(f"{config.method} needs VGG19 weights")
+        if weights is None:  # $SEMFUSE_WEIGHTS, the cache's file, else the built-in conv1_1
+            weights = load_weights(outputs=config.required_outputs)
         weights.require(config.required_outputs)
     probabilities = mixing = None
     if config.uses_cam:

@@ -62,6 +62,17 @@ def _terminate(signum: int, frame: FrameType | None) -> None:
     raise Terminated
 
 
+def use_compilation_cache() -> None:
+    """JAX's persistent compilation cache in ``<cache>/xla`` (``weights.cache_dir``), so that a
+    second run of a tool with the same shapes and settings compiles nothing."""
+    import jax
+
+    from semfuse_jax.weights import cache_dir
+
+    jax.config.update("jax_compilation_cache_dir", str(cache_dir() / "xla"))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+
+
 def run_guarded(
     main: Callable[[Sequence[str]], int | None], doc: str, modules: Sequence[str]
 ) -> None:
@@ -85,4 +96,5 @@ def run_guarded(
             return 143
 
     logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # no backend-probe noise
+    use_compilation_cache()
     app.run(guarded, flags_parser=flags_parser(doc, modules))

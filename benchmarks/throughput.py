@@ -1,0 +1,189 @@
+"""Throughput of the paper's objective: the exact quadratic-form gradient against autodiff through
+the network and against the PyTorch loop of the paper's algorithm, in one run.
+
+Cases (``--sizes``, grey and colour): steps/s of FM0 with ``--gradient=quadratic`` and
+``--gradient=network`` (timed on a second, compiled call), and of the PyTorch loop
+(``benchmarks/fm0_speed.py``'s ``TorchFM0``: ``torch.optim.Adam`` on the pixels, eager and
+``torch.compile``; grey pairs are given to it as three equal channels, as such a loop is usually
+written). Then: the paper's full schedule (100 × 100 steps) and ``--solver=fast`` on the
+256² grey clock pair; the compile seconds of a first and a second ``fuse`` call; sets/s against
+batch size; and the end-to-end wall time of ``semfuse-fuse`` on the 512² clock pair with the
+paper's schedule, run twice (the second finds JAX's persistent compilation cache filled).
+
+  python benchmarks/throughput.py
+
+Writes throughput.json / throughput.md into ``--out``.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import jax
+import numpy as np
+from absl import app, flags
+from fm0_speed import TorchFM0
+from tables import save
+
+from semfuse_jax import fusion, io, weights
+from semfuse_jax.optimise import FAST, Schedule
+
+_DATA = flags.DEFINE_string("data", "../shared/data", "Shared data folder.")
+_WEIGHTS = flags.DEFINE_string("weights", None, "VGG19 weights (default: the built-in conv1_1).")
+_OUT = flags.DEFINE_string("out", "benchmarks/out", "Output folder.")
+_SIZES = flags.DEFINE_list("sizes", ["256", "512", "1024"], "Image sides.")
+_TORCH = flags.DEFINE_bool("torch", True, "Also time the PyTorch loop (needs torch).")
+_BATCHES = flags.DEFINE_list("batches", ["1", "2", "4", "8"], "Batch sizes for sets/s.")
+
+
+def pair(size: int, colour: bool) -> np.ndarray:
+    """A real multi-focus pair cropped or tiled to ``size²``: ``[2, size, size, 1|3]``."""
+    if colour:
+        folder = Path(_DATA.value) / "multifocus_colour_lytro" / "lytro-01"
+        images = [io.load_image(folder / f"lytro-01-{s}.jpg") for s in "AB"]
+    else:
+        folder = Path(_DATA.value) / "multifocus_grey" / "clock"
+        images = [io.load_image(folder / f"clock{s}.jpg") for s in "AB"]
+    reps = -(-size // images[0].shape[0])
+    return np.stack([np.tile(x, (reps, reps, 1))[:size, :size] for x in images])
+
+
+def steps_per_second(w, images: np.ndarray, gradient: str, steps: int) -> dict:
+    config = fusion.FusionConfig(schedule=Schedule(epochs=1, iters=steps), gradient=gradient)
+    first = fusion.fuse(w, images[None], config)
+    second = fusion.fuse(w, images[None], config)
+    return {"steps_per_second": steps / second.optimise_seconds, "compile": first.compile_seconds}
+
+
+def torch_steps_per_second(w, images: np.ndarray, compiled: bool, steps: int) -> float:
+    rgb = np.broadcast_to(images, (*images.shape[:3], 3)).copy()
+    loop = TorchFM0(w, rgb, compiled)
+    loop.run(1, 5)  # warm-up (and compilation)
+    _, seconds = loop.run(1, steps)
+    return steps / seconds
+
+
+def cli_wall_seconds(clock: list[Path], cache: Path) -> float:
+    with tempfile.TemporaryDirectory() as out:
+        start = time.perf_counter()
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "semfuse_jax.cli.fuse",
+                f"--inputs={clock[0]},{clock[1]}",
+                f"--output={out}/clock.png",
+                "--verbosity=-1",
+            ],
+            check=True,
+            env={**os.environ, "SEMFUSE_CACHE": str(cache), "SEMFUSE_WEIGHTS": ""},
+        )
+        return time.perf_counter() - start
+
+
+def main(argv: Sequence[str]) -> None:
+    del argv
+    w = weights.load_weights(_WEIGHTS.value)
+    rows, lines = (
+        [],
+        [
+            f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+            f"jax {jax.__version__} on {jax.default_backend()}.",
+            "",
+            "| size | image | quadratic steps/s | network steps/s | torch eager steps/s | "
+            "torch.compile steps/s | quadratic / best torch |",
+            "|---|---|---|---|---|---|---|",
+        ],
+    )
+    for size in (int(s) for s in _SIZES.value):
+        for colour in (False, True):
+            images = pair(size, colour)
+            quad_steps = max(50, int(2e8 / size**2 / (9 if colour else 1)))
+            net_steps = max(3, int(3e6 / size**2))
+            row = {
+                "size": size,
+                "image": "colour" if colour else "grey",
+                "quadratic": steps_per_second(w, images, "quadratic", quad_steps),
+                "network": steps_per_second(w, images, "network", net_steps),
+            }
+            if _TORCH.value:
+                row["torch_eager"] = torch_steps_per_second(w, images, False, net_steps)
+                row["torch_compile"] = torch_steps_per_second(w, images, True, net_steps)
+                best = max(row["torch_eager"], row["torch_compile"])
+                row["speedup_vs_best_torch"] = row["quadratic"]["steps_per_second"] / best
+            rows.append(row)
+            cells = [
+                f"{row['quadratic']['steps_per_second']:.0f}",
+                f"{row['network']['steps_per_second']:.1f}",
+                f"{row.get('torch_eager', float('nan')):.1f}",
+                f"{row.get('torch_compile', float('nan')):.1f}",
+                f"{row.get('speedup_vs_best_torch', float('nan')):.0f}×",
+            ]
+            lines.append(f"| {size}² | {row['image']} | " + " | ".join(cells) + " |")
+
+    clock256 = pair(256, False)
+    paper = fusion.FusionConfig()  # 100 × 100 steps, quadratic
+    first = fusion.fuse(w, clock256[None], paper)
+    start = time.perf_counter()
+    second = fusion.fuse(w, clock256[None], paper)
+    paper_seconds = time.perf_counter() - start
+    fast = fusion.fuse(w, clock256[None], fusion.FusionConfig(schedule=FAST))
+    lines += [
+        "",
+        "| 256² grey clock pair | steps | seconds | final loss |",
+        "|---|---|---|---|",
+        f"| paper schedule, second call | {second.steps} | {paper_seconds:.2f} | "
+        f"{second.loss_history[-1, 0]:.6g} |",
+        f"| --solver=fast | {fast.steps} | {fast.optimise_seconds:.2f} | "
+        f"{fast.loss_history[-1, 0]:.6g} |",
+        "",
+        f"Compile seconds of the optimisation: first call {first.compile_seconds:.2f}, "
+        f"second call {second.compile_seconds:.2f}.",
+    ]
+    summary = {
+        "paper_schedule_seconds": paper_seconds,
+        "paper_schedule_steps": second.steps,
+        "fast_seconds": fast.optimise_seconds,
+        "fast_steps": fast.steps,
+        "first_compile_seconds": first.compile_seconds,
+        "second_compile_seconds": second.compile_seconds,
+    }
+
+    lines += ["", "| batch (256² grey sets) | sets/s, paper schedule |", "|---|---|"]
+    batches = []
+    for b in (int(x) for x in _BATCHES.value):
+        sets = np.repeat(clock256[None], b, axis=0)
+        config = fusion.FusionConfig(schedule=Schedule(epochs=10, iters=100))
+        fusion.fuse(w, sets, config)
+        result = fusion.fuse(w, sets, config)
+        rate = b / (result.optimise_seconds * 10)  # ×10: the paper's 10,000 steps
+        batches.append({"batch": b, "sets_per_second": rate})
+        lines.append(f"| {b} | {rate:.2f} |")
+
+    folder = Path(_DATA.value) / "multifocus_grey" / "clock"
+    clock = [folder / "clockA.jpg", folder / "clockB.jpg"]
+    with tempfile.TemporaryDirectory() as cache:
+        walls = [cli_wall_seconds(clock, Path(cache)) for _ in range(2)]
+    lines += [
+        "",
+        "`semfuse-fuse` on the 512² clock pair, paper schedule, built-in weights, wall time "
+        f"including start-up: first run {walls[0]:.1f} s, second run {walls[1]:.1f} s "
+        "(persistent compilation cache).",
+    ]
+    save(
+        _OUT.value,
+        "throughput",
+        {"cases": rows, "clock256": summary, "batches": batches, "cli_wall_seconds": walls},
+        lines,
+    )
+
+
+if __name__ == "__main__":
+    app.run(main)
