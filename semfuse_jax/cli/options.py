@@ -42,6 +42,20 @@ CAM_LAYERS = flags.DEFINE_list(
 COMPUTE_DTYPE = flags.DEFINE_enum(
     "compute_dtype", "float32", ["float32", "bfloat16"], "Network dtype in the Adam steps."
 )
+GRADIENT = flags.DEFINE_enum(
+    "gradient",
+    "auto",
+    optimise.GRADIENTS,
+    "auto: the exact quadratic form when the only loss layer is conv1_1 (float32), else autodiff "
+    "through the network; quadratic or network to force one (same result to rounding).",
+)
+BATCHING = flags.DEFINE_enum(
+    "batching",
+    "auto",
+    optimise.BATCHING,
+    "How the sets of a batch share an epoch: vmap, or map (one after another); auto: map on one "
+    "CPU device, vmap elsewhere.",
+)
 MAX_MEMORY = flags.DEFINE_float(
     "max_memory_gb", None, "Refuse sets estimated to need more (default: 80% of physical memory)."
 )
@@ -71,6 +85,8 @@ def config_from_flags(method: str) -> fusion.FusionConfig:
         init_noise=INIT_NOISE.value,
         seed=SEED.value,
         compute_dtype=COMPUTE_DTYPE.value,
+        gradient=GRADIENT.value,
+        batching=BATCHING.value,
     )
 
 
