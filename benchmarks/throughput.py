@@ -29,8 +29,8 @@ from pathlib import Path
 import jax
 import numpy as np
 from absl import app, flags
-from fm0_speed import TorchFM0
 from tables import save
+from torch_fm0 import TorchFM0
 
 from semfuse_jax import fusion, io, weights
 from semfuse_jax.optimise import FAST, Schedule

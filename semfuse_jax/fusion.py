@@ -91,6 +91,8 @@ class FusionConfig:
             raise SemfuseError("at least one loss layer is needed")
         if not 1 <= self.top_k <= 1000:
             raise SemfuseError("top_k must be between 1 and 1000")
+        if not 0 <= self.init_noise <= 255:
+            raise SemfuseError("init_noise must be between 0 and 255 grey levels")
         if self.compute_dtype not in ("float32", "bfloat16"):
             raise SemfuseError("compute_dtype must be float32 or bfloat16")
         if self.target_class is not None and not 0 <= self.target_class < 1000:

@@ -64,12 +64,19 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
 
 
 def _open(path: Path, decode: bool = True) -> Image.Image:
-    if not path.is_file():
-        raise SemfuseError(f"cannot read image {path}: no such file")
+    try:
+        if not path.is_file():
+            raise SemfuseError(f"cannot read image {path}: no such file")
+    except OSError as exc:  # e.g. a symlink loop or a name too long
+        raise SemfuseError(f"cannot read image {path}: {exc.strerror or exc}") from None
     try:
         image = Image.open(path)
         if image.width * image.height > _MAX_PIXELS:
             raise SemfuseError(f"image {path} is {image.width}x{image.height}: too large")
+        if getattr(image, "n_frames", 1) > 1:
+            raise SemfuseError(
+                f"image {path} has {image.n_frames} frames; save the frame to fuse as its own file"
+            )
         if not decode:
             return image
         image.load()
@@ -80,10 +87,25 @@ def _open(path: Path, decode: bool = True) -> Image.Image:
         raise SemfuseError(f"cannot read image {path}: {exc}") from None
 
 
+_TRANSPOSING_ORIENTATIONS = {5, 6, 7, 8}  # EXIF orientations that swap width and height
+
+
 def image_size(path: str | os.PathLike[str]) -> tuple[int, int]:
-    """``(height, width)`` from the file header, without decoding the pixels."""
+    """``(height, width)`` as loaded (after the EXIF orientation), from the file header only."""
     image = _open(Path(path), decode=False)
+    try:
+        orientation = image.getexif().get(0x0112, 1)
+    except (OSError, ValueError, SyntaxError):
+        orientation = 1
+    if orientation in _TRANSPOSING_ORIENTATIONS:
+        return image.width, image.height
     return image.height, image.width
+
+
+def bit_depth(path: str | os.PathLike[str]) -> int:
+    """16 for 16-bit grey files (``I;16*``, ``I``), else 8: the depth outputs keep."""
+    mode = _open(Path(path), decode=False).mode
+    return 16 if mode.startswith("I;16") or mode == "I" else 8
 
 
 def _drop_opaque_alpha(image: Image.Image, path: Path) -> Image.Image:
@@ -133,11 +155,18 @@ def load_image(path: str | os.PathLike[str]) -> np.ndarray:
     return array
 
 
+LOSSLESS_SUFFIXES = (".png", ".tif", ".tiff", ".bmp")
+
+
 def check_image_suffix(path: str | os.PathLike[str]) -> Path:
-    """Fail early unless the file suffix names an image format that can be written."""
+    """Fail early unless the suffix names a lossless image format (the scores a tool reports
+    must describe the file it writes; a lossy format would change the image after scoring)."""
     path = Path(path)
-    if path.suffix.lower() not in Image.registered_extensions():
-        raise SemfuseError(f"cannot write {path}: unknown image format {path.suffix!r} (use .png)")
+    if path.suffix.lower() not in LOSSLESS_SUFFIXES:
+        raise SemfuseError(
+            f"cannot write {path}: {path.suffix or 'no suffix'} is not a lossless image format; "
+            f"use one of {', '.join(LOSSLESS_SUFFIXES)}"
+        )
     return path
 
 
@@ -200,16 +229,21 @@ def check_outputs(
     return paths
 
 
-def save_image(path: str | os.PathLike[str], image: np.ndarray) -> None:
-    """Write float ``[H, W, 1|3]`` in ``[0, 1]`` as 8-bit grey or RGB, atomically.
+def save_image(path: str | os.PathLike[str], image: np.ndarray, bits: int = 8) -> None:
+    """Write float ``[H, W, 1|3]`` in ``[0, 1]`` as grey or RGB, atomically.
 
     The format follows the file suffix (PNG recommended: lossless). Values are clipped to ``[0, 1]``
-    and rounded; non-finite values are refused.
+    and rounded to ``bits`` (8, or 16 for grey images: a 16-bit PNG/TIFF); non-finite values are
+    refused.
     """
     path = Path(path)
     image = np.asarray(image, np.float32)
     if not np.all(np.isfinite(image)):
         raise SemfuseError(f"refusing to write {path}: the image holds NaN or Inf")
+    if bits == 16 and image.shape[-1] == 1:
+        levels = np.round(np.clip(image[..., 0], 0.0, 1.0) * 65535.0).astype(np.uint16)
+        write_pil(path, Image.fromarray(levels, mode="I;16"))
+        return
     pixels = np.round(np.clip(image, 0.0, 1.0) * 255.0).astype(np.uint8)
     write_pil(path, Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels))
 

@@ -69,10 +69,12 @@ class Schedule:
     unroll: int = 1
 
     def __post_init__(self) -> None:
-        if self.epochs < 1 or self.iters < 1:
-            raise SemfuseError("epochs and iters must be at least 1")
-        if not self.lr > 0 or not 0 < self.lr_decay <= 1 or self.tol < 0:
-            raise SemfuseError("need lr > 0, 0 < lr_decay <= 1 and tol >= 0")
+        if not 1 <= self.epochs <= 1_000_000 or not 1 <= self.iters <= 10_000_000:
+            raise SemfuseError("need 1 <= epochs <= 1e6 and 1 <= iters <= 1e7")
+        if not 0 < self.lr <= 255 or not 0 < self.lr_decay <= 1 or not 0 <= self.tol < 1:
+            raise SemfuseError("need 0 < lr <= 255, 0 < lr_decay <= 1 and 0 <= tol < 1")
+        if not 1 <= self.unroll <= self.iters:
+            raise SemfuseError("need 1 <= unroll <= iters")
 
 
 SOLVERS: tuple[str, ...] = ("adam", "fast")

@@ -91,7 +91,10 @@ class Preprocessing:
         try:
             d = json.loads(text)
             prep = cls(
-                str(d["channel_order"]), float(d["scale"]), tuple(d["mean"]), tuple(d["std"])
+                str(d["channel_order"]),
+                float(d["scale"]),
+                tuple(float(x) for x in d["mean"]),
+                tuple(float(x) for x in d["std"]),
             )
         except (ValueError, KeyError, TypeError) as exc:
             raise SemfuseError(f"invalid preprocessing metadata {text!r} ({exc})") from None
@@ -255,13 +258,16 @@ def read_keras_h5(path: Path) -> Params:
                     continue
                 if name not in KERAS_NAMES:
                     raise SemfuseError(f"weights {path}: unexpected Keras layer {name!r}")
-                arrays = [np.asarray(group[n]) for n in names]
+                datasets = [group[n] for n in names]
+                if any(int(np.prod(d.shape)) > 25088 * 4096 for d in datasets):
+                    raise SemfuseError(f"weights {path}: Keras layer {name} is larger than VGG19's")
+                arrays = [np.asarray(d) for d in datasets]
                 kernels = [a for a in arrays if a.ndim > 1]
                 biases = [a for a in arrays if a.ndim == 1]
                 if len(kernels) != 1 or len(biases) != 1:
                     raise SemfuseError(f"weights {path}: Keras layer {name} is not kernel + bias")
                 params[KERAS_NAMES[name]] = {"kernel": kernels[0], "bias": biases[0]}
-    except (OSError, KeyError) as exc:
+    except (OSError, KeyError, ValueError, TypeError) as exc:
         raise SemfuseError(f"weights {path}: unreadable HDF5 file ({exc})") from None
     return validate_params(params, str(path))
 
@@ -304,8 +310,11 @@ def save_canonical(
         "source_sha256": source_sha256,
         **(extra or {}),
     }
-    with atomic_path(path) as tmp:
-        save_file(tensors, tmp, metadata=metadata)
+    try:
+        with atomic_path(path) as tmp:
+            save_file(tensors, tmp, metadata=metadata)
+    except OSError as exc:
+        raise SemfuseError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
 def read_safetensors(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:

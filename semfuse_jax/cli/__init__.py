@@ -8,6 +8,7 @@ status 143 and 130.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -94,6 +95,10 @@ def run_guarded(
         except Terminated:
             sys.stderr.write(f"{_program()}: terminated\n")
             return 143
+        except BrokenPipeError:  # e.g. `--json | head`: the reader left; say nothing more
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            return 141
 
     logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # no backend-probe noise
     use_compilation_cache()

@@ -163,7 +163,7 @@ def table_mode() -> int:
             for b, i in enumerate(batch):
                 domain, name, _ = found[i]
                 path = fused_path[config.method, domain, name]
-                io.save_image(path, result.fused[b])
+                io.save_image(path, result.fused[b], max(io.bit_depth(p) for p in found[i][2]))
                 record = {"domain": domain, "set": name, "method": config.method}
                 record["steps"] = result.steps
                 if result.best_epoch is not None:  # FM4: the epoch its result comes from

@@ -17,6 +17,7 @@ import fcntl
 import json
 import os
 import platform
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -51,6 +52,12 @@ _COORDINATOR = flags.DEFINE_string(
 )
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", 1, "Multi-host: number of processes.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", 0, "Multi-host: this process's index.")
+_COORDINATOR_TIMEOUT = flags.DEFINE_integer(
+    "coordinator_timeout",
+    60,
+    "Multi-host: seconds to wait for every process to join.",
+    lower_bound=1,
+)
 
 STATUS_FILE = "status.jsonl"
 _LOCKS: list[int] = []
@@ -61,18 +68,25 @@ def read_manifest(path: Path) -> list[tuple[str, list[Path]]]:
     if not path.is_file():
         raise SemfuseError(f"manifest {path} does not exist")
     rows, names = [], set()
-    with open(path, newline="") as f:
-        for number, row in enumerate(csv.reader(f), start=1):
-            row = [cell.strip() for cell in row]
-            if not row or not row[0] or row[0].startswith("#"):
-                continue
-            name, inputs = row[0], [p for p in row[1:] if p]
-            if len(inputs) < 2 or "/" in name or name in names:
-                raise SemfuseError(
-                    f"manifest {path} line {number}: need a unique name (no '/') and >= 2 inputs"
-                )
-            names.add(name)
-            rows.append((name, [path.parent / p for p in inputs]))
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            lines = list(csv.reader(f))
+    except (UnicodeDecodeError, csv.Error, OSError) as exc:
+        raise SemfuseError(f"manifest {path}: unreadable ({exc})") from None
+    for number, row in enumerate(lines, start=1):
+        row = [cell.strip() for cell in row]
+        if not any(row) or row[0].startswith("#"):
+            continue
+        if not rows and row[0].lower() == "name":  # a CSV header line
+            continue
+        name, inputs = row[0], [p for p in row[1:] if p]
+        if not name or len(inputs) < 2 or "/" in name or name in names or name in (".", ".."):
+            raise SemfuseError(
+                f"manifest {path} line {number}: need a unique, non-empty name (no '/') and "
+                ">= 2 inputs"
+            )
+        names.add(name)
+        rows.append((name, [path.parent / p for p in inputs]))
     if not rows:
         raise SemfuseError(f"manifest {path} lists no sets")
     return rows
@@ -97,9 +111,12 @@ def log_progress(epoch: int, epochs: int, losses: np.ndarray, elapsed: float) ->
 
 
 def run_info(w: weights.Weights | None, config: fusion.FusionConfig) -> dict[str, Any]:
-    """Settings, weights and environment shared by every record of a run."""
+    """Settings, weights, command line and environment shared by every record of a run."""
     s = config.schedule
+    source = Path(w.source) if w is not None else None
     return {
+        "command": [Path(sys.argv[0]).name, *sys.argv[1:]],
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "method": config.method,
         "settings": {
             "solver": options.SOLVER.value,
@@ -119,6 +136,9 @@ def run_info(w: weights.Weights | None, config: fusion.FusionConfig) -> dict[str
             "fm2_target": "weighted" if config.fm2_weighted_target else "original",
         },
         "weights": None if w is None else w.source,
+        "weights_sha256": weights.file_digests(source)["sha256"]
+        if source is not None and source.is_file()
+        else None,
         "versions": {
             "semfuse_jax": semfuse_jax.__version__,
             "jax": jax.__version__,
@@ -137,6 +157,7 @@ def fuse_batch(
     names: list[str],
     sets: list[np.ndarray],
     outputs: list[Path],
+    bits: list[int],
 ) -> tuple[list[dict[str, Any]], fusion.FusionResult]:
     """Fuse same-shape sets together, write each output, return per-set records (with the
     classes of the inputs and the result when a classifier ``network`` is given)."""
@@ -145,14 +166,16 @@ def fuse_batch(
     seconds = time.perf_counter() - start
     records = []
     for b, (name, out) in enumerate(zip(names, outputs, strict=True)):
-        io.save_image(out, result.fused[b])
+        io.save_image(out, result.fused[b], bits[b])
+        kept = -1 if result.best_epoch is None else int(result.best_epoch[b])
         record: dict[str, Any] = {
             "name": name,
-            "output": str(out),
+            "output": str(out.resolve()),
+            "bits": bits[b],
             "steps": result.steps,
-            "final_loss": None
+            "final_loss": None  # the loss of the image written (FM4: of the epoch it kept)
             if result.loss_history is None
-            else float(result.loss_history[-1, b]),
+            else float(result.loss_history[kept, b]),
             "loss_history": None
             if result.loss_history is None
             else [float(x) for x in result.loss_history[:, b]],
@@ -212,7 +235,8 @@ def fuse_one(config: fusion.FusionConfig) -> int:
     io.check_outputs(named, [*inputs, *read_files()], _OVERWRITE.value)
     images = load_set(inputs, config)
     w, network, config = load_networks(config, classes=bool(_REPORT.value or _FIGURE.value))
-    records, result = fuse_batch(w, network, config, [output.stem], [images], [output])
+    bits = max(io.bit_depth(p) for p in inputs)
+    records, result = fuse_batch(w, network, config, [output.stem], [images], [output], [bits])
     if _FIGURE.value:
         sheet = contact_sheet(
             images,
@@ -381,15 +405,18 @@ def fuse_many(config: fusion.FusionConfig) -> int:
         loaded, done = [], []
         for set_name, inputs, output, _ in members:
             try:
-                loaded.append(
-                    (set_name, fusion.stack_set([io.load_image(p) for p in inputs]), output)
-                )
+                images = fusion.stack_set([io.load_image(p) for p in inputs])
+                bits = max(io.bit_depth(p) for p in inputs)
+                loaded.append((set_name, images, output, bits))
             except SemfuseError as exc:
                 done.append(failure(set_name, exc))
-        for group in fusion.group_batches([images.shape for _, images, _ in loaded], len(loaded)):
-            names, sets, outputs = (list(x) for x in zip(*(loaded[i] for i in group), strict=True))
+        shapes = [images.shape for _, images, _, _ in loaded]
+        for group in fusion.group_batches(shapes, len(loaded)):
+            names, sets, outputs, bits = (
+                list(x) for x in zip(*(loaded[i] for i in group), strict=True)
+            )
             try:
-                fused, _ = fuse_batch(w, network, config, names, sets, outputs)
+                fused, _ = fuse_batch(w, network, config, names, sets, outputs, bits)
                 done += [{**r, "status": "done"} for r in fused]
             except SemfuseError as exc:  # e.g. an output that turned unwritable: record, go on
                 done += [failure(n, exc) for n in names]
@@ -426,7 +453,12 @@ def start_distributed() -> None:
     if not _COORDINATOR.value:
         raise SemfuseError("multi-host runs need --coordinator_address=HOST:PORT")
     try:
-        jax.distributed.initialize(_COORDINATOR.value, processes, process)
+        jax.distributed.initialize(
+            _COORDINATOR.value,
+            processes,
+            process,
+            initialization_timeout=_COORDINATOR_TIMEOUT.value,
+        )
     except Exception as exc:  # jax raises RuntimeError / XlaRuntimeError variants
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise SemfuseError(
@@ -446,6 +478,8 @@ def main(argv: Sequence[str]) -> int:
         raise SemfuseError("batch mode needs both --pairs and --output_dir")
     if batch and _FIGURE.value:
         raise SemfuseError("--figure is for a single set (--inputs)")
+    if single and _RESUME.value:
+        raise SemfuseError("--resume is for batch runs (--pairs); a single set is just rerun")
     config = options.config_from_flags(_METHOD.value)
     start_distributed()
     return fuse_one(config) if single else fuse_many(config)

@@ -7,6 +7,7 @@ import os
 from absl import flags
 
 from semfuse_jax import classifier, fusion, optimise
+from semfuse_jax.errors import SemfuseError
 from semfuse_jax.optimise import Schedule
 
 BATCH = flags.DEFINE_integer("batch_size", 8, "Batch mode: sets fused together (same size).")
@@ -64,8 +65,16 @@ FM2_TARGET = flags.DEFINE_enum(
 )
 
 
+SCHEDULE_FLAGS = ("epochs", "iters", "lr", "lr_decay", "tol")
+
+
 def config_from_flags(method: str) -> fusion.FusionConfig:
     """The fusion settings the flags describe, for ``method``."""
+    given = [name for name in SCHEDULE_FLAGS if flags.FLAGS[name].present]
+    if SOLVER.value == "fast" and given:
+        raise SemfuseError(
+            f"--solver=fast sets its own schedule; drop --{', --'.join(given)} or use --solver=adam"
+        )
     schedule = Schedule(
         epochs=EPOCHS.value,
         iters=ITERS.value,
@@ -93,5 +102,7 @@ def config_from_flags(method: str) -> fusion.FusionConfig:
 def memory_limit_bytes() -> int:
     """``--max_memory_gb`` in bytes, else 80% of the machine's physical memory."""
     if MAX_MEMORY.value is not None:
+        if not 0 < MAX_MEMORY.value < 2**20:  # also refuses NaN and infinity
+            raise SemfuseError("--max_memory_gb must be a positive number of GiB")
         return int(MAX_MEMORY.value * 2**30)
     return int(0.8 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
