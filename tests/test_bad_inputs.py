@@ -39,6 +39,27 @@ def files(tmp_path_factory, real_weights_file) -> Path:
     (d / "weights").mkdir()
     (d / "weights" / real_weights_file.name).write_bytes(bytes(corrupt))
     (d / "bad.csv").write_text("only_a_name\n")
+    a, b = d / GOOD[0], d / GOOD[1]
+    (d / "empty_name.csv").write_text(f"one,{a},{b}\n,{a},{b}\n")
+    (d / "nul.csv").write_bytes(f"one,{a},{b}\n".encode() + b"tw\x00o,x,y\n")
+    frames = [Image.fromarray(rng.integers(0, 256, (32, 40), dtype=np.uint8)) for _ in range(2)]
+    frames[0].save(d / "animated.gif", save_all=True, append_images=frames[1:])
+    (d / "loop.png").symlink_to(d / "loop.png")
+    from semfuse_jax import weights as weights_module
+
+    params, _, _ = weights_module.read_any(real_weights_file)
+    weights_module.save_canonical(
+        d / "weights" / "bad_prep.safetensors",
+        {"conv1_1": params["conv1_1"]},
+        weights_module.CAFFE_PREPROCESSING,
+        "test",
+    )
+    from safetensors.numpy import load_file, save_file
+
+    tensors = load_file(d / "weights" / "bad_prep.safetensors")
+    _, meta = weights_module.read_safetensors(d / "weights" / "bad_prep.safetensors")
+    meta["preprocessing"] = meta["preprocessing"].replace("103.939", '"x"')
+    save_file(tensors, d / "weights" / "bad_prep.safetensors", metadata=meta)
     (d / "existing.png").write_bytes((d / GOOD[0]).read_bytes())
     return d
 
@@ -88,6 +109,21 @@ def _cases(d: Path, w: Path) -> list[tuple[str, list[str], str]]:
             "w.st",
         ),
         (fuse, [pair, out, wf, *short, "--layers=conv1_1,fc9"], "fc9"),
+        (fuse, [pair, out, "--lr=inf"], "lr"),
+        (fuse, [pair, out, "--tol=nan"], "tol"),
+        (fuse, [pair, out, "--epochs=1000000000"], "epochs"),
+        (fuse, [pair, out, "--init_noise=-1"], "init_noise"),
+        (fuse, [pair, out, "--max_memory_gb=nan"], "max_memory_gb"),
+        (fuse, [pair, out, "--solver=fast", "--epochs=3"], "--solver=fast"),
+        (fuse, [pair, out, "--resume"], "--resume"),
+        (fuse, [pair, f"--output={d / 'out.jpg'}"], "lossless"),
+        (fuse, [pair, f"--output={d / ('n' * 300 + '.png')}"], "too long"),
+        (fuse, [f"--inputs={a},{d / 'animated.gif'}", out], "frames"),
+        (fuse, [f"--inputs={a},{d / 'loop.png'}", out], "cannot read image"),
+        (fuse, [pair, out, f"--weights={d / 'weights' / 'bad_prep.safetensors'}"], "preprocess"),
+        (fuse, [f"--pairs={d / 'empty_name.csv'}", f"--output_dir={d / 'batch'}"], "line 2"),
+        (fuse, [f"--pairs={d / 'nul.csv'}", f"--output_dir={d / 'batch'}"], "unreadable"),
+        ("semfuse_jax.cli.eval", [f"--table={d}", "--methods=", f"--output_dir={d}"], "--methods"),
     ]
 
 

@@ -137,6 +137,8 @@ def test_fm4_writes_the_fusion_and_reports_its_quality(data_dir, real_weights_fi
     assert record["method"] == "fm4" and best > 0  # the refinement beat the pyramid start
     assert qe[best] >= qe[0] and qabf[best] >= qabf[0] and qe[best] + qabf[best] > qe[0] + qabf[0]
     assert record["steps"] == 20 * (len(qe) - 1)
+    assert record["final_loss"] == record["loss_history"][best]  # the image written
+    assert len(record["weights_sha256"]) == 64 and "--method=fm4" in record["command"]
 
 
 @pytest.mark.parametrize("method", ["fm2", "fm3"])

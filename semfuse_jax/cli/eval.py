@@ -133,9 +133,9 @@ def table_mode() -> int:
     if not _OUTPUT_DIR.value:
         raise SemfuseError("table mode needs --output_dir")
     out = Path(_OUTPUT_DIR.value)
-    found = find_sets(Path(_TABLE.value), _SETS.value)
     if not _METHODS.value:
         raise SemfuseError("--methods is empty; name at least one method")
+    found = find_sets(Path(_TABLE.value), _SETS.value)
     configs = [options.config_from_flags(method) for method in _METHODS.value]
     fused_path = {
         (c.method, domain, name): out / "fused" / c.method / f"{domain}__{name}.png"

@@ -391,7 +391,12 @@ def fuse_many(config: fusion.FusionConfig) -> int:
             if process == 0:  # header-level failures are the same in every process
                 records.append(failure(set_name, exc))
     append_status(status_path, records)
-    batches = fusion.group_batches([key for *_, key in valid], options.BATCH.value)
+    batches = []  # same-shape batches, each within the memory limit as a whole
+    limit = options.memory_limit_bytes()
+    for batch in fusion.group_batches([key for *_, key in valid], options.BATCH.value):
+        per_set = fusion.memory_estimate(1, *valid[batch[0]][3], config)
+        size = max(1, min(len(batch), limit // max(per_set, 1)))
+        batches += [batch[k : k + size] for k in range(0, len(batch), size)]
     mine = batches[process::processes]
     todo = [b for b in mine if not all(valid[i][0] in finished for i in b)]
     w, network, config = load_networks(config, classes=False) if todo else (None, None, config)

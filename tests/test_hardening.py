@@ -1,0 +1,88 @@
+"""Odd but valid input: rotated JPEGs, 16-bit images, manifest headers, broken pipes, batches
+split to fit the memory limit."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+from PIL import Image
+
+from semfuse_jax import io
+
+
+def _run(module: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", f"semfuse_jax.cli.{module}", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "SEMFUSE_WEIGHTS": ""},
+        timeout=300,
+    )
+
+
+def test_header_size_follows_the_exif_orientation(tmp_path):
+    pixels = np.random.default_rng(0).integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° when displayed
+    Image.fromarray(pixels).save(tmp_path / "rotated.jpg", exif=exif)
+    assert io.image_size(tmp_path / "rotated.jpg") == (30, 20)
+    assert io.load_image(tmp_path / "rotated.jpg").shape[:2] == (30, 20)
+
+
+def test_sixteen_bit_grey_round_trips(tmp_path):
+    levels = np.random.default_rng(1).integers(0, 65536, (9, 11), dtype=np.uint16)
+    Image.fromarray(levels, mode="I;16").save(tmp_path / "in.png")
+    assert io.bit_depth(tmp_path / "in.png") == 16
+    image = io.load_image(tmp_path / "in.png")
+    io.save_image(tmp_path / "out.png", image, bits=16)
+    assert Image.open(tmp_path / "out.png").mode.startswith("I")
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "out.png")), levels)
+    io.save_image(tmp_path / "eight.png", image)
+    assert io.bit_depth(tmp_path / "eight.png") == 8
+
+
+def test_cli_keeps_16_bits_skips_a_csv_header_and_splits_batches_to_fit_memory(tmp_path):
+    rng = np.random.default_rng(2)
+    paths = []
+    for name in ("a.png", "b.png"):
+        paths.append(tmp_path / name)
+        Image.fromarray(rng.integers(0, 65536, (40, 48), dtype=np.uint16), mode="I;16").save(
+            paths[-1]
+        )
+    manifest = tmp_path / "sets.csv"
+    manifest.write_text(
+        "name,input1,input2\n" + "".join(f"s{i},{paths[0]},{paths[1]}\n" for i in range(3))
+    )
+    report = tmp_path / "r.json"
+    one_set_gib = 1.5 * 40 * 48 * 4 * 3 * (2 + 4) / 2**30  # room for one set, not for three
+    result = _run(
+        "fuse",
+        f"--pairs={manifest}",
+        f"--output_dir={tmp_path / 'out'}",
+        "--method=laplacian",
+        f"--report={report}",
+        f"--max_memory_gb={one_set_gib}",
+    )
+    assert result.returncode == 0, result.stderr
+    sets = json.loads(report.read_text())["sets"]
+    assert [s["name"] for s in sets] == ["s0", "s1", "s2"]
+    assert all(s["batch_size"] == 1 and s["bits"] == 16 for s in sets)
+    assert Image.open(tmp_path / "out" / "s0.png").mode.startswith("I;16")
+    record = json.loads(report.read_text())
+    assert record["command"][0] and record["time"] and "--method=laplacian" in record["command"]
+
+
+def test_json_into_a_closed_pipe_ends_quietly(tmp_path):
+    rng = np.random.default_rng(3)
+    for name in ("a.png", "b.png", "f.png"):
+        Image.fromarray(rng.integers(0, 256, (24, 24), dtype=np.uint8)).save(tmp_path / name)
+    command = (
+        f"{sys.executable} -m semfuse_jax.cli.eval --inputs={tmp_path / 'a.png'},"
+        f"{tmp_path / 'b.png'} --fused={tmp_path / 'f.png'} --json | head -c 1"
+    )
+    result = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=300)
+    assert result.stdout == "{" and "Traceback" not in result.stderr, result.stderr
