@@ -26,6 +26,8 @@ exactly grey.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 from collections.abc import Callable, Sequence
 from functools import partial
 
@@ -103,6 +105,26 @@ class FusionConfig:
                 f"gradient must be one of {', '.join(GRADIENTS)}; "
                 f"batching one of {', '.join(BATCHING)}"
             )
+
+    def to_dict(self) -> dict:
+        """Every setting as plain JSON values (the schedule as a nested dict)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> FusionConfig:
+        """The inverse of :meth:`to_dict`; unknown or malformed entries are refused."""
+        try:
+            fields = dict(data)
+            schedule = Schedule(**fields.pop("schedule", {}))
+            for key in ("layers", "cam_layers"):
+                if key in fields:
+                    fields[key] = tuple(fields[key])
+            return cls(**fields, schedule=schedule)
+        except (TypeError, ValueError) as exc:
+            raise SemfuseError(f"not a fusion configuration ({exc})") from None
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
 
     @property
     def uses_cam(self) -> bool:
@@ -337,7 +359,7 @@ def fuse(
         weights, images, config.method, config.layers, choice, config.fm2_weighted_target
     )
     if config.init_noise > 0:
-        noise = jax.random.normal(jax.random.key(config.seed), init.shape) * config.init_noise
+        noise = set_noise(config.seed, np.asarray(images), init.shape[1:]) * config.init_noise
         init = jnp.clip(init + noise / 255.0, 0.0, 1.0)
     dtype = jnp.bfloat16 if config.compute_dtype == "bfloat16" else None
     result = optimise(
@@ -362,6 +384,21 @@ def fuse(
         quality_history=result.quality_history,
         best_epoch=result.best_epoch,
     )
+
+
+def set_noise(seed: int, images: np.ndarray, shape: tuple[int, ...]) -> jax.Array:
+    """Standard normal noise ``[B, *shape]``, one draw per set from ``fold_in(key(seed), set)``
+    where a set is identified by a hash of its pixels: a set gets the same noise alone, in any
+    batch, at any position, and when resumed."""
+    keys = [
+        jax.random.fold_in(
+            jax.random.key(seed),
+            int.from_bytes(hashlib.sha256(np.ascontiguousarray(s).tobytes()).digest()[:4], "little")
+            & 0x7FFFFFFF,
+        )
+        for s in images
+    ]
+    return jnp.stack([jax.random.normal(k, shape) for k in keys])
 
 
 def fm4_quality(images: np.ndarray) -> Callable[[np.ndarray], np.ndarray] | None:

@@ -55,12 +55,12 @@ def test_clock_fm0_writes_grey_png_report_and_figure(clock, real_weights_file, t
     image = Image.open(out)
     assert image.mode == "L" and image.size == (512, 512)
     record = json.loads(report.read_text())
-    for key in ("method", "steps", "final_loss", "optimise_seconds", "compile_seconds", "settings"):
+    for key in ("method", "steps", "final_loss", "optimise_seconds", "compile_seconds", "config"):
         assert key in record
     assert record["method"] == "fm0" and record["steps"] == 10
     assert record["final_loss"] < record["loss_history"][0]
-    assert record["settings"]["layers"] == ["conv1_1"]
-    assert record["settings"]["classifier"] == "efficientnet_lite0"  # the weights have no fc8
+    assert record["config"]["layers"] == ["conv1_1"]
+    assert record["config"]["classifier"] == "efficientnet_lite0"  # the weights have no fc8
     top = record["classes"]["inputs"][0][0]
     assert top["label"] in ("analog clock", "wall clock") and 0 < top["probability"] <= 1
     assert "epoch 2/2" in result.stderr  # progress is logged

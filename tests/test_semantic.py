@@ -102,7 +102,7 @@ def test_tools_work_right_after_install_with_no_weights_and_an_empty_cache(
     )
     assert fm3.returncode == 0, fm3.stderr
     record = json.loads(report.read_text())
-    assert record["settings"]["classifier"] == "efficientnet_lite0"
+    assert record["config"]["classifier"] == "efficientnet_lite0"
     classes = record["classes"]
     cats = {"tabby", "tiger cat", "Persian cat", "Siamese cat", "Egyptian cat"}
     assert classes["inputs"][0][0]["label"] in cats

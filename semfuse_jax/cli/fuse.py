@@ -112,29 +112,13 @@ def log_progress(epoch: int, epochs: int, losses: np.ndarray, elapsed: float) ->
 
 def run_info(w: weights.Weights | None, config: fusion.FusionConfig) -> dict[str, Any]:
     """Settings, weights, command line and environment shared by every record of a run."""
-    s = config.schedule
     source = Path(w.source) if w is not None else None
     return {
         "command": [Path(sys.argv[0]).name, *sys.argv[1:]],
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "method": config.method,
-        "settings": {
-            "solver": options.SOLVER.value,
-            "epochs": s.epochs,
-            "iters": s.iters,
-            "lr": s.lr,
-            "lr_decay": s.lr_decay,
-            "tol": s.tol,
-            "layers": list(config.layers),
-            "seed": config.seed,
-            "init_noise": config.init_noise,
-            "classifier": config.classifier,
-            "compute_dtype": config.compute_dtype,
-            "top_k": config.top_k,
-            "target_class": config.target_class,
-            "cam_layers": list(config.cam_layers),
-            "fm2_target": "weighted" if config.fm2_weighted_target else "original",
-        },
+        "config": config.to_dict(),  # semfuse-fuse --config=<this report> re-runs it
+        "solver": options.SOLVER.value,
         "weights": None if w is None else w.source,
         "weights_sha256": weights.file_digests(source)["sha256"]
         if source is not None and source.is_file()
@@ -485,7 +469,8 @@ def main(argv: Sequence[str]) -> int:
         raise SemfuseError("--figure is for a single set (--inputs)")
     if single and _RESUME.value:
         raise SemfuseError("--resume is for batch runs (--pairs); a single set is just rerun")
-    config = options.config_from_flags(_METHOD.value)
+    given = flags.FLAGS["method"].present or not options.CONFIG.value
+    config = options.config_from_flags(_METHOD.value if given else None)
     start_distributed()
     return fuse_one(config) if single else fuse_many(config)
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
+from pathlib import Path
 
 from absl import flags
 
@@ -65,11 +68,34 @@ FM2_TARGET = flags.DEFINE_enum(
 )
 
 
+CONFIG = flags.DEFINE_string(
+    "config",
+    None,
+    "Re-run with the fusion settings of a past run: a report (its 'config') or a configuration "
+    "JSON file; the method and every fusion flag then come from it.",
+)
 SCHEDULE_FLAGS = ("epochs", "iters", "lr", "lr_decay", "tol")
 
 
-def config_from_flags(method: str) -> fusion.FusionConfig:
-    """The fusion settings the flags describe, for ``method``."""
+def read_config(path: str) -> fusion.FusionConfig:
+    """The ``config`` of a report (or a bare configuration) written by a past run."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise SemfuseError(f"cannot read the configuration {path} ({exc})") from None
+    if isinstance(data, dict) and isinstance(data.get("config"), dict):
+        data = data["config"]
+    if not isinstance(data, dict):
+        raise SemfuseError(f"{path} holds no fusion configuration")
+    return fusion.FusionConfig.from_dict(data)
+
+
+def config_from_flags(method: str | None) -> fusion.FusionConfig:
+    """The fusion settings the flags describe, for ``method``; with ``--config``, the settings
+    of that run (for ``method`` if one is given, else for the run's own method)."""
+    if CONFIG.value:
+        config = read_config(CONFIG.value)
+        return config if method is None else dataclasses.replace(config, method=method)
     given = [name for name in SCHEDULE_FLAGS if flags.FLAGS[name].present]
     if SOLVER.value == "fast" and given:
         raise SemfuseError(
