@@ -193,7 +193,10 @@ def check_writable(path: str | os.PathLike[str], overwrite: bool = True) -> Path
 def file_identity(path: str | os.PathLike[str]) -> tuple[str, tuple[int, int] | None]:
     """What two paths must share to name the same file: the real path, and for an existing file
     its device and inode (so links and hard links are recognised)."""
-    real = os.path.realpath(path)
+    try:
+        real = os.path.realpath(path)
+    except (OSError, ValueError):  # a NUL byte, or a name the system refuses
+        return os.fspath(path), None
     try:
         st = os.stat(real)
     except (OSError, ValueError):
@@ -242,7 +245,7 @@ def save_image(path: str | os.PathLike[str], image: np.ndarray, bits: int = 8) -
         raise SemfuseError(f"refusing to write {path}: the image holds NaN or Inf")
     if bits == 16 and image.shape[-1] == 1:
         levels = np.round(np.clip(image[..., 0], 0.0, 1.0) * 65535.0).astype(np.uint16)
-        write_pil(path, Image.fromarray(levels, mode="I;16"))
+        write_pil(path, Image.fromarray(levels))  # mode I;16
         return
     pixels = np.round(np.clip(image, 0.0, 1.0) * 255.0).astype(np.uint8)
     write_pil(path, Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels))

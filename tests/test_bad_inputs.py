@@ -84,7 +84,7 @@ def _cases(d: Path, w: Path) -> list[tuple[str, list[str], str]]:
         (fuse, [pair, f"--output={a}", wf], "is an input"),
         (fuse, [pair, f"--output={d / 'nowhere' / 'f.png'}", wf], "does not exist"),
         (fuse, [pair, f"--output={d / 'existing.png'}", wf], "--overwrite"),
-        (fuse, [pair, f"--output={d / 'out.xyz'}", wf], "unknown image format"),
+        (fuse, [pair, f"--output={d / 'out.xyz'}", wf], "lossless"),
         (fuse, [pair, out, wf, "--method=fm9"], "fm9"),
         (fuse, [pair, out, wf, "--epochs=0"], "epochs"),
         (fuse, [pair, out, f"--weights={d / 'missing.h5'}"], "does not exist"),

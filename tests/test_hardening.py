@@ -35,7 +35,7 @@ def test_header_size_follows_the_exif_orientation(tmp_path):
 
 def test_sixteen_bit_grey_round_trips(tmp_path):
     levels = np.random.default_rng(1).integers(0, 65536, (9, 11), dtype=np.uint16)
-    Image.fromarray(levels, mode="I;16").save(tmp_path / "in.png")
+    Image.fromarray(levels).save(tmp_path / "in.png")
     assert io.bit_depth(tmp_path / "in.png") == 16
     image = io.load_image(tmp_path / "in.png")
     io.save_image(tmp_path / "out.png", image, bits=16)
@@ -50,9 +50,7 @@ def test_cli_keeps_16_bits_skips_a_csv_header_and_splits_batches_to_fit_memory(t
     paths = []
     for name in ("a.png", "b.png"):
         paths.append(tmp_path / name)
-        Image.fromarray(rng.integers(0, 65536, (40, 48), dtype=np.uint16), mode="I;16").save(
-            paths[-1]
-        )
+        Image.fromarray(rng.integers(0, 65536, (40, 48), dtype=np.uint16)).save(paths[-1])
     manifest = tmp_path / "sets.csv"
     manifest.write_text(
         "name,input1,input2\n" + "".join(f"s{i},{paths[0]},{paths[1]}\n" for i in range(3))

@@ -75,6 +75,8 @@ def read_manifest(path: Path) -> list[tuple[str, list[Path]]]:
         raise SemfuseError(f"manifest {path}: unreadable ({exc})") from None
     for number, row in enumerate(lines, start=1):
         row = [cell.strip() for cell in row]
+        if any("\x00" in cell for cell in row):
+            raise SemfuseError(f"manifest {path} line {number}: unreadable (a NUL byte)")
         if not any(row) or row[0].startswith("#"):
             continue
         if not rows and row[0].lower() == "name":  # a CSV header line
@@ -212,11 +214,11 @@ def load_set(inputs: Sequence[Path], config: fusion.FusionConfig) -> np.ndarray:
 
 def fuse_one(config: fusion.FusionConfig) -> int:
     inputs = [Path(p) for p in _INPUTS.value]
+    named = [p for p in (_OUTPUT.value, _FIGURE.value, _REPORT.value) if p]
+    io.check_outputs(named, [*inputs, *read_files()], _OVERWRITE.value)
     output = io.check_image_suffix(_OUTPUT.value)
     if _FIGURE.value:
         io.check_image_suffix(_FIGURE.value)
-    named = [p for p in (_OUTPUT.value, _FIGURE.value, _REPORT.value) if p]
-    io.check_outputs(named, [*inputs, *read_files()], _OVERWRITE.value)
     images = load_set(inputs, config)
     w, network, config = load_networks(config, classes=bool(_REPORT.value or _FIGURE.value))
     bits = max(io.bit_depth(p) for p in inputs)
