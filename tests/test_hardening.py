@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 from PIL import Image
@@ -84,3 +86,45 @@ def test_json_into_a_closed_pipe_ends_quietly(tmp_path):
     )
     result = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=300)
     assert result.stdout == "{" and "Traceback" not in result.stderr, result.stderr
+
+
+def test_interrupted_batch_exits_130_or_143_cleanly_at_any_moment(tmp_path, real_weights_file):
+    rng = np.random.default_rng(4)
+    paths = []
+    for name in ("a.png", "b.png"):
+        paths.append(tmp_path / name)
+        Image.fromarray(rng.integers(0, 256, (64, 64), dtype=np.uint8)).save(paths[-1])
+    manifest = tmp_path / "sets.csv"
+    manifest.write_text("".join(f"s{i},{paths[i % 2]},{paths[1 - i % 2]}\n" for i in range(6)))
+    for trial, (sig, delay) in enumerate(
+        [(signal.SIGINT, 1.0), (signal.SIGTERM, 2.5), (signal.SIGINT, 4.0)]
+    ):
+        out = tmp_path / f"out{trial}"
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "semfuse_jax.cli.fuse",
+                f"--pairs={manifest}",
+                f"--output_dir={out}",
+                "--batch_size=1",
+                f"--weights={real_weights_file}",
+                "--layers=conv1_1,conv1_2",  # the slower network gradient: a long run
+                "--epochs=50",
+                "--iters=20",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "SEMFUSE_WEIGHTS": ""},
+        )
+        time.sleep(delay)
+        process.send_signal(sig)
+        _, stderr = process.communicate(timeout=120)
+        expected = 130 if sig == signal.SIGINT else 143
+        assert process.returncode == expected, (trial, process.returncode, stderr[-1000:])
+        assert "Traceback" not in stderr
+        leftovers = (
+            [p.name for p in out.iterdir() if p.name.startswith(".")] if out.exists() else []
+        )
+        assert not leftovers

@@ -63,6 +63,14 @@ def _terminate(signum: int, frame: FrameType | None) -> None:
     raise Terminated
 
 
+def _exit_now(status: int) -> None:
+    """Leave at once after an interruption (partial files are already removed): skipping the
+    interpreter's teardown avoids crashes of runtime threads that were stopped mid-work."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
+
+
 def use_compilation_cache() -> None:
     """JAX's persistent compilation cache in ``<cache>/xla`` (``weights.cache_dir``), so that a
     second run of a tool with the same shapes and settings compiles nothing."""
@@ -91,10 +99,10 @@ def run_guarded(
             return 1
         except KeyboardInterrupt:
             sys.stderr.write(f"{_program()}: interrupted\n")
-            return 130
+            _exit_now(130)
         except Terminated:
             sys.stderr.write(f"{_program()}: terminated\n")
-            return 143
+            _exit_now(143)
         except BrokenPipeError:  # e.g. `--json | head`: the reader left; say nothing more
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, sys.stdout.fileno())
