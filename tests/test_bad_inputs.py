@@ -42,6 +42,17 @@ def files(tmp_path_factory, real_weights_file) -> Path:
     a, b = d / GOOD[0], d / GOOD[1]
     (d / "empty_name.csv").write_text(f"one,{a},{b}\n,{a},{b}\n")
     (d / "nul.csv").write_bytes(f"one,{a},{b}\n".encode() + b"tw\x00o,x,y\n")
+    (d / "latin1.csv").write_bytes(f"one,{a},{b}\n".encode() + b"caf\xe9,x,y\n")
+    import h5py
+
+    with h5py.File(d / "weights" / "huge.h5", "w") as f:  # a header claiming 40 GB, no data
+        f.attrs["layer_names"] = [b"block1_conv1"]
+        group = f.create_group("block1_conv1")
+        group.attrs["weight_names"] = [b"block1_conv1/kernel:0", b"block1_conv1/bias:0"]
+        group.create_dataset(
+            "block1_conv1/kernel:0", shape=(100000, 100000), dtype="f4", chunks=(1, 16)
+        )
+        group.create_dataset("block1_conv1/bias:0", shape=(64,), dtype="f4")
     frames = [Image.fromarray(rng.integers(0, 256, (32, 40), dtype=np.uint8)) for _ in range(2)]
     frames[0].save(d / "animated.gif", save_all=True, append_images=frames[1:])
     (d / "loop.png").symlink_to(d / "loop.png")
@@ -64,7 +75,7 @@ def files(tmp_path_factory, real_weights_file) -> Path:
     return d
 
 
-def _cases(d: Path, w: Path) -> list[tuple[str, list[str], str]]:
+def _cases(d: Path, w: Path, data: Path) -> list[tuple[str, list[str], str]]:
     a, b = d / GOOD[0], d / GOOD[1]
     pair = f"--inputs={a},{b}"
     out = f"--output={d / 'out.png'}"
@@ -124,6 +135,25 @@ def _cases(d: Path, w: Path) -> list[tuple[str, list[str], str]]:
         (fuse, [f"--pairs={d / 'empty_name.csv'}", f"--output_dir={d / 'batch'}"], "line 2"),
         (fuse, [f"--pairs={d / 'nul.csv'}", f"--output_dir={d / 'batch'}"], "unreadable"),
         ("semfuse_jax.cli.eval", [f"--table={d}", "--methods=", f"--output_dir={d}"], "--methods"),
+        (fuse, [f"--pairs={d / 'latin1.csv'}", f"--output_dir={d / 'batch'}"], "unreadable"),
+        (fuse, [pair, out, f"--weights={d / 'weights' / 'huge.h5'}"], "larger than"),
+        (
+            fuse,
+            [
+                f"--pairs={d / 'empty_name.csv'}",
+                f"--output_dir={d / 'batch'}",
+                "--coordinator_address=127.0.0.1:9",
+                "--num_processes=2",
+                "--process_id=1",
+                "--coordinator_timeout=1",
+            ],
+            "cannot reach",
+        ),
+        (
+            "semfuse_jax.cli.eval",
+            [f"--table={data}", "--sets=multifocus_grey/clock", f"--output_dir={a}"],
+            "cannot create",
+        ),
     ]
 
 
@@ -131,8 +161,8 @@ CHUNKS = 4  # the table runs as four tests, so that parallel test workers share 
 
 
 @pytest.mark.parametrize("chunk", range(CHUNKS))
-def test_bad_input_table(files, real_weights_file, chunk):
-    cases = _cases(files, real_weights_file)
+def test_bad_input_table(files, real_weights_file, data_dir, chunk):
+    cases = _cases(files, real_weights_file, data_dir)
     assert len(cases) >= 40
     before = sorted(p.relative_to(files) for p in files.rglob("*"))
     failures = []

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -97,7 +98,7 @@ def test_interrupted_batch_exits_130_or_143_cleanly_at_any_moment(tmp_path, real
     manifest = tmp_path / "sets.csv"
     manifest.write_text("".join(f"s{i},{paths[i % 2]},{paths[1 - i % 2]}\n" for i in range(6)))
     for trial, (sig, delay) in enumerate(
-        [(signal.SIGINT, 1.0), (signal.SIGTERM, 2.5), (signal.SIGINT, 4.0)]
+        [(signal.SIGINT, 0.0), (signal.SIGTERM, 1.0), (signal.SIGINT, 2.5)]
     ):
         out = tmp_path / f"out{trial}"
         process = subprocess.Popen(
@@ -118,6 +119,9 @@ def test_interrupted_batch_exits_130_or_143_cleanly_at_any_moment(tmp_path, real
             text=True,
             env={**os.environ, "SEMFUSE_WEIGHTS": ""},
         )
+        deadline = time.monotonic() + 120
+        while not (out / "status.jsonl").exists() and time.monotonic() < deadline:
+            time.sleep(0.02)  # the run has started: its status file is claimed
         time.sleep(delay)
         process.send_signal(sig)
         _, stderr = process.communicate(timeout=120)
@@ -128,3 +132,32 @@ def test_interrupted_batch_exits_130_or_143_cleanly_at_any_moment(tmp_path, real
             [p.name for p in out.iterdir() if p.name.startswith(".")] if out.exists() else []
         )
         assert not leftovers
+
+
+def test_a_full_disk_is_one_error_line(tmp_path, monkeypatch):
+    import errno
+
+    from semfuse_jax.errors import SemfuseError
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", full)
+    try:
+        io.write_text(tmp_path / "report.json", "{}")
+    except SemfuseError as exc:
+        assert "No space left" in str(exc)
+    else:
+        raise AssertionError("no error")
+    assert not list(tmp_path.iterdir())  # nothing half-written
+
+
+def test_tiny_images_classify_and_fuse_with_a_vgg19_classifier(full_weights):
+    from semfuse_jax import classifier, fusion
+
+    images = np.random.default_rng(5).uniform(size=(1, 2, 17, 23, 3)).astype(np.float32)
+    report = classifier.class_report(full_weights, images[0], images[0, 0])
+    assert report["classifier"] == "vgg19" and len(report["fused"]) == 5
+    for method in ("fm3", "fm5"):
+        config = fusion.FusionConfig(method=method, classifier="vgg19")
+        assert fusion.fuse(full_weights, images, config).fused.shape == (1, 17, 23, 3)

@@ -17,6 +17,7 @@ import fcntl
 import json
 import os
 import platform
+import socket
 import sys
 import time
 from collections.abc import Sequence
@@ -432,6 +433,26 @@ def fuse_many(config: fusion.FusionConfig) -> int:
     return 0
 
 
+def wait_for_coordinator(address: str, timeout: float) -> None:
+    """Wait until ``HOST:PORT`` accepts connections, or fail with one line after ``timeout``
+    seconds (JAX's own client aborts the process when the coordinator never answers)."""
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise SemfuseError(f"--coordinator_address must be HOST:PORT, not {address!r}")
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection((host.strip("[]"), int(port)), timeout=1.0):
+                return
+        except OSError as exc:
+            if time.monotonic() >= deadline:
+                raise SemfuseError(
+                    f"cannot reach the multi-host coordinator at {address} within {timeout} s "
+                    f"({exc.strerror or exc}); start process 0 first or check the address"
+                ) from None
+            time.sleep(0.2)
+
+
 def start_distributed() -> None:
     """Join a multi-host run (``jax.distributed.initialize``) when --num_processes > 1."""
     processes, process = _NUM_PROCESSES.value, _PROCESS_ID.value
@@ -443,6 +464,8 @@ def start_distributed() -> None:
         raise SemfuseError("multi-host runs take a manifest (--pairs)")
     if not _COORDINATOR.value:
         raise SemfuseError("multi-host runs need --coordinator_address=HOST:PORT")
+    if process > 0:
+        wait_for_coordinator(_COORDINATOR.value, _COORDINATOR_TIMEOUT.value)
     try:
         jax.distributed.initialize(
             _COORDINATOR.value,
