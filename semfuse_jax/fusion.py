@@ -334,16 +334,9 @@ def fuse(
         probabilities = cam_probabilities(
             network, images, config.top_k, config.target_class, layers, config.method == "fm5"
         )
-    if config.method == "fm5":
-        fused, mixing = semantic_blend(images, probabilities)
-        return FusionResult(
-            fused=np.asarray(fused),
-            average=np.asarray(average),
-            probabilities=np.asarray(probabilities),
-            mixing=np.asarray(mixing),
-        )
-    if config.method == "fm3":
-        fused, mixing = cam_mix(images, probabilities)
+    if config.method in ("fm3", "fm5"):  # no optimisation: a mix or blend of the inputs
+        mix = semantic_blend if config.method == "fm5" else cam_mix
+        fused, mixing = mix(images, probabilities)
         return FusionResult(
             fused=np.asarray(fused),
             average=np.asarray(average),

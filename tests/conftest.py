@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -42,6 +44,18 @@ def real_weights_file() -> Path:
     if not path.is_file():
         pytest.fail(f"{path} is missing")
     return path
+
+
+def run_tool(module: str, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Run ``python -m semfuse_jax.cli.<module> args`` with no ``$SEMFUSE_WEIGHTS``."""
+    return subprocess.run(
+        [sys.executable, "-m", f"semfuse_jax.cli.{module}", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "SEMFUSE_WEIGHTS": ""},
+        timeout=600,
+        cwd=cwd,
+    )
 
 
 def rel_err(actual: np.ndarray, expected: np.ndarray) -> float:

@@ -7,26 +7,15 @@ import fcntl
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import run_tool
 from PIL import Image
 
 from semfuse_jax import io
 from semfuse_jax.errors import SemfuseError
-
-
-def tool(module: str, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", f"semfuse_jax.cli.{module}", *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "SEMFUSE_WEIGHTS": ""},
-        timeout=300,
-        cwd=cwd,
-    )
 
 
 def one_line_error(result: subprocess.CompletedProcess, needle: str) -> bool:
@@ -78,7 +67,7 @@ def test_batch_output_that_is_another_sets_input_is_refused(images, tmp_path):
     # set "a"'s output folder is tmp_path, so its output a.png would replace the input of set two
     manifest.write_text(f"a,{b},{c}\ntwo,{a},{b}\n")
     before = snapshot(tmp_path)
-    result = tool(
+    result = run_tool(
         "fuse", f"--pairs={manifest}", f"--output_dir={tmp_path}", "--method=average", "--overwrite"
     )
     assert one_line_error(result, "is an input"), result.stderr
@@ -90,7 +79,7 @@ def test_batch_output_that_is_another_sets_input_is_refused(images, tmp_path):
 def test_report_or_figure_named_like_the_output_is_refused(images, tmp_path, clash):
     a, b, _ = images
     out = tmp_path / "f.png"
-    result = tool(
+    result = run_tool(
         "fuse", f"--inputs={a},{b}", f"--output={out}", f"--{clash}={out}", "--method=average"
     )
     assert one_line_error(result, "named twice"), result.stderr
@@ -100,14 +89,19 @@ def test_report_or_figure_named_like_the_output_is_refused(images, tmp_path, cla
 def test_weights_convert_never_replaces_its_source_or_an_unnamed_file(real_weights_file, tmp_path):
     src = tmp_path / real_weights_file.name
     src.write_bytes(real_weights_file.read_bytes())
-    result = tool("weights", "convert", f"--src={src}", f"--out={src}", "--overwrite")
+    result = run_tool("weights", "convert", f"--src={src}", f"--out={src}", "--overwrite")
     assert one_line_error(result, "is an input"), result.stderr
     assert src.read_bytes() == real_weights_file.read_bytes()
     out = tmp_path / "w.safetensors"
     out.write_bytes(b"keep me")
-    assert one_line_error(tool("weights", "convert", f"--src={src}", f"--out={out}"), "--overwrite")
+    assert one_line_error(
+        run_tool("weights", "convert", f"--src={src}", f"--out={out}"), "--overwrite"
+    )
     assert out.read_bytes() == b"keep me"
-    assert tool("weights", "convert", f"--src={src}", f"--out={out}", "--overwrite").returncode == 0
+    assert (
+        run_tool("weights", "convert", f"--src={src}", f"--out={out}", "--overwrite").returncode
+        == 0
+    )
     assert out.read_bytes() != b"keep me"
 
 
@@ -118,13 +112,13 @@ def test_eval_table_refuses_existing_outputs_and_scores_the_written_files(images
         (root / p.name).write_bytes(p.read_bytes())
     out = tmp_path / "table"
     args = [f"--table={tmp_path / 'root'}", "--methods=average", f"--output_dir={out}"]
-    first = tool("eval", *args)
+    first = run_tool("eval", *args)
     assert first.returncode == 0, first.stderr
-    again = tool("eval", *args)
+    again = run_tool("eval", *args)
     assert one_line_error(again, "--overwrite"), again.stderr
-    assert one_line_error(tool("eval", *args[:1], "--methods=", *args[2:]), "--methods")
+    assert one_line_error(run_tool("eval", *args[:1], "--methods=", *args[2:]), "--methods")
     row = json.loads((out / "table.json").read_text())["rows"][0]
-    scored = tool(
+    scored = run_tool(
         "eval",
         f"--inputs={root / 'a.png'},{root / 'b.png'}",
         f"--fused={out / 'fused' / 'average' / 'domain__set.png'}",
@@ -147,7 +141,7 @@ def test_status_file_symlink_is_refused(images, tmp_path):
     elsewhere.write_text("")
     (out / "status.jsonl").symlink_to(elsewhere)
     args = [f"--pairs={_manifest(tmp_path, images)}", f"--output_dir={out}", "--method=average"]
-    result = tool("fuse", *args, "--resume")
+    result = run_tool("fuse", *args, "--resume")
     assert one_line_error(result, "not a regular file"), result.stderr
     assert elsewhere.read_text() == ""
 
@@ -156,20 +150,20 @@ def test_resume_recovers_from_every_interruption_point(images, tmp_path):
     manifest = _manifest(tmp_path, images)
     out = tmp_path / "out"
     args = [f"--pairs={manifest}", f"--output_dir={out}", "--method=max"]
-    assert tool("fuse", *args).returncode == 0
+    assert run_tool("fuse", *args).returncode == 0
     reference = snapshot(out)
     status = out / "status.jsonl"
     lines = status.read_text().splitlines()
     # killed between the rename of "two"'s output and its record, mid-way through writing it:
     status.write_text(lines[0] + "\n" + lines[1][:17])
-    resumed = tool("fuse", *args, "--resume", cwd=tmp_path / "out")  # another working directory
+    resumed = run_tool("fuse", *args, "--resume", cwd=tmp_path / "out")  # another working directory
     assert resumed.returncode == 0, resumed.stderr
     assert (out / "two.png").read_bytes() == reference["two.png"]
     after = status.read_text().splitlines()
     assert after[:2] == [lines[0], lines[1][:17]]  # the torn line stays one line of its own
     assert [json.loads(line)["name"] for line in after[2:]][-1] == "two"
     status.write_text("")  # an empty status file: everything is recomputed
-    assert tool("fuse", *args, "--resume").returncode == 0
+    assert run_tool("fuse", *args, "--resume").returncode == 0
     assert snapshot(out)["one.png"] == reference["one.png"]
 
 
@@ -180,7 +174,7 @@ def test_second_run_on_one_output_folder_is_refused(images, tmp_path):
     try:
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
         args = [f"--pairs={_manifest(tmp_path, images)}", f"--output_dir={out}", "--method=max"]
-        result = tool("fuse", *args)
+        result = run_tool("fuse", *args)
     finally:
         os.close(held)
     assert one_line_error(result, "another semfuse-fuse run"), result.stderr
@@ -196,7 +190,7 @@ def test_second_run_on_one_output_folder_is_refused(images, tmp_path):
     ],
 )
 def test_help_lists_the_tools_own_flags(module, flags_listed):
-    result = tool(module, "--help")
+    result = run_tool(module, "--help")
     assert result.returncode == 0, result.stderr
     for flag in flags_listed:
         assert flag in result.stdout

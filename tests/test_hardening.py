@@ -12,19 +12,10 @@ import time
 from pathlib import Path
 
 import numpy as np
+from conftest import run_tool
 from PIL import Image
 
 from semfuse_jax import io
-
-
-def _run(module: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", f"semfuse_jax.cli.{module}", *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "SEMFUSE_WEIGHTS": ""},
-        timeout=300,
-    )
 
 
 def test_header_size_follows_the_exif_orientation(tmp_path):
@@ -60,7 +51,7 @@ def test_cli_keeps_16_bits_skips_a_csv_header_and_splits_batches_to_fit_memory(t
     )
     report = tmp_path / "r.json"
     one_set_gib = 1.5 * 40 * 48 * 4 * 3 * (2 + 4) / 2**30  # room for one set, not for three
-    result = _run(
+    result = run_tool(
         "fuse",
         f"--pairs={manifest}",
         f"--output_dir={tmp_path / 'out'}",
