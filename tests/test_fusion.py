@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -162,3 +164,28 @@ def test_bfloat16_network_tracks_float32(real_weights, sharp_images):
     f32, bf16 = runs["float32"].loss_history[-1, 0], runs["bfloat16"].loss_history[-1, 0]
     assert bf16 != f32 and abs(bf16 - f32) / f32 < 0.02
     assert runs["bfloat16"].fused.dtype == np.float32
+
+
+def test_noise_is_drawn_per_set_so_a_batch_equals_its_sets_alone(real_weights, sharp_images):
+    sets = np.stack([multifocus_set(s[..., :1]) for s in sharp_images[:3]])
+    config = fusion.FusionConfig(schedule=SHORT, init_noise=3.0, seed=7)
+    batched = fusion.fuse(real_weights, sets, config)
+    for b in (2, 0):
+        alone = fusion.fuse(real_weights, sets[b : b + 1], config)
+        np.testing.assert_array_equal(batched.fused[b], alone.fused[0])
+    other_seed = fusion.fuse(
+        real_weights,
+        sets[:1],
+        fusion.FusionConfig(**{**config.to_dict(), "schedule": SHORT, "seed": 8}),
+    )
+    assert not np.array_equal(other_seed.fused[0], batched.fused[0])
+
+
+def test_config_round_trips_through_json():
+    config = fusion.FusionConfig(
+        method="fm2", layers=("conv1_1",), schedule=Schedule(epochs=3, lr=0.5), top_k=2, seed=4
+    )
+    again = fusion.FusionConfig.from_dict(json.loads(config.to_json()))
+    assert again == config
+    with pytest.raises(SemfuseError, match="not a fusion configuration"):
+        fusion.FusionConfig.from_dict({"method": "fm0", "colour": "blue"})

@@ -152,3 +152,30 @@ def test_tiny_images_classify_and_fuse_with_a_vgg19_classifier(full_weights):
     for method in ("fm3", "fm5"):
         config = fusion.FusionConfig(method=method, classifier="vgg19")
         assert fusion.fuse(full_weights, images, config).fused.shape == (1, 17, 23, 3)
+
+
+def test_a_report_reruns_to_the_same_bits(tmp_path):
+    rng = np.random.default_rng(6)
+    for name in ("a.png", "b.png"):
+        Image.fromarray(rng.integers(0, 256, (30, 36, 3), dtype=np.uint8)).save(tmp_path / name)
+    inputs = f"--inputs={tmp_path / 'a.png'},{tmp_path / 'b.png'}"
+    first = run_tool(
+        "fuse",
+        inputs,
+        f"--output={tmp_path / 'first.png'}",
+        f"--report={tmp_path / 'r.json'}",
+        "--method=fm1",
+        "--epochs=3",
+        "--iters=7",
+        "--init_noise=2",
+        "--seed=5",
+    )
+    assert first.returncode == 0, first.stderr
+    again = run_tool(
+        "fuse", inputs, f"--output={tmp_path / 'again.png'}", f"--config={tmp_path / 'r.json'}"
+    )
+    assert again.returncode == 0, again.stderr
+    assert (tmp_path / "again.png").read_bytes() == (tmp_path / "first.png").read_bytes()
+    default = run_tool("fuse", inputs, f"--output={tmp_path / 'default.png'}", "--method=fm1")
+    assert default.returncode == 0
+    assert (tmp_path / "default.png").read_bytes() != (tmp_path / "first.png").read_bytes()
