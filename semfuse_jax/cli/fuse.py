@@ -102,6 +102,9 @@ def read_files() -> list[Path]:
 
 
 def log_progress(epoch: int, epochs: int, losses: np.ndarray, elapsed: float) -> None:
+    """One log line about every tenth of the schedule (and the last epoch)."""
+    if epoch % max(1, epochs // 10) and epoch != epochs:
+        return
     eta = elapsed / epoch * (epochs - epoch)
     logging.info(
         "epoch %d/%d  loss %s  %.1fs elapsed, ETA %.0fs",
