@@ -1,4 +1,4 @@
-"""The paper's fusion methods FM0–FM3 for batches of N-image sets.
+"""The paper's fusion methods FM0–FM5 for batches of N-image sets.
 
 ``images`` are ``[B, N, H, W, C]`` float arrays in ``[0, 1]``: B sets of N registered inputs, all
 grey (C = 1) or all RGB (C = 3; a set mixing grey and colour is fused in colour with the grey
