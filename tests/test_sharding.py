@@ -9,6 +9,7 @@ import textwrap
 
 import jax
 import numpy as np
+import pytest
 
 from semfuse_jax import fusion, io
 from semfuse_jax.optimise import Schedule
@@ -32,7 +33,10 @@ SCRIPT = textwrap.dedent(
 )
 
 
-def test_sharded_batch_equals_unsharded(real_weights, real_weights_file, data_dir, tmp_path):
+@pytest.mark.parametrize("method", ["fm0", "fm1", "fm4"])
+def test_sharded_batch_equals_unsharded(
+    real_weights, real_weights_file, data_dir, tmp_path, method
+):
     assert jax.local_device_count() == 1
     lytro = io.load_image(data_dir / "multifocus_colour_lytro/lytro-04/lytro-04-A.jpg")
     crops = [
@@ -42,26 +46,25 @@ def test_sharded_batch_equals_unsharded(real_weights, real_weights_file, data_di
     sets = np.stack([multifocus_set(c) for c in crops])
     np.save(tmp_path / "sets.npy", sets)
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
-    for method in ("fm0", "fm1", "fm4"):
-        result = subprocess.run(
-            [
-                sys.executable,
-                "-c",
-                SCRIPT,
-                str(tmp_path / "sets.npy"),
-                str(real_weights_file),
-                str(tmp_path / f"{method}.npz"),
-                method,
-            ],
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=600,
-        )
-        assert result.returncode == 0, result.stderr[-3000:]
-        sharded = np.load(tmp_path / f"{method}.npz")
-        config = fusion.FusionConfig(method=method, schedule=Schedule(epochs=2, iters=5))
-        single = fusion.fuse(real_weights, sets, config).fused
-        for n in ("3", "4", "5"):  # 3 and 5 need padding to 4 and 8
-            assert sharded[n].shape == (int(n), 48, 48, 3)
-            np.testing.assert_allclose(sharded[n], single[: int(n)], atol=1e-5)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            SCRIPT,
+            str(tmp_path / "sets.npy"),
+            str(real_weights_file),
+            str(tmp_path / f"{method}.npz"),
+            method,
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    sharded = np.load(tmp_path / f"{method}.npz")
+    config = fusion.FusionConfig(method=method, schedule=Schedule(epochs=2, iters=5))
+    single = fusion.fuse(real_weights, sets, config).fused
+    for n in ("3", "4", "5"):  # 3 and 5 need padding to 4 and 8
+        assert sharded[n].shape == (int(n), 48, 48, 3)
+        np.testing.assert_allclose(sharded[n], single[: int(n)], atol=1e-5)
