@@ -62,7 +62,7 @@ def contact_sheet(
                 panel(mixing[i][..., None] * inputs[i], f"mixture P_M{i}·I{i}", size)
                 for i in range(n)
             ]
-            + [panel(mixing[0], "mixing weight P_M0", size)]
+            + [panel(mixing[0], "weight of input 0", size)]
         )
     cols = max(len(row) for row in rows)
     cell_w, cell_h = size[0], size[1] + LABEL_HEIGHT
