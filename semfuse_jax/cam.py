@@ -108,6 +108,20 @@ def normalise(maps: jax.Array, eps: float = 1e-12) -> jax.Array:
     return jnp.where(span > eps, scaled, 0.0)
 
 
+def class_maps(
+    network: Network,
+    images: jax.Array,
+    top_k: int = 1,
+    target_class: int | None = None,
+    layers: Sequence[str] = CAM_LAYERS,
+) -> tuple[jax.Array, jax.Array]:
+    """Grad-CAM maps of each image's own classes (top-k, or ``target_class``), chosen from the
+    logits of the same pass: ``(maps [B, L, H, W], logits [B, 1000])``."""
+    return _grad_cam(
+        network, images, lambda logits: class_weights(logits, top_k, target_class), layers
+    )
+
+
 def probability_map(
     weights: Network,
     images: jax.Array,
@@ -123,9 +137,7 @@ def probability_map(
     Returns:
       ``(P [B, H, W], per-layer maps [B, L, H, W], logits [B, 1000])``.
     """
-    maps, logits = _grad_cam(
-        weights, images, lambda logits: class_weights(logits, top_k, target_class), layers
-    )
+    maps, logits = class_maps(weights, images, top_k, target_class, layers)
     return normalise(jnp.prod(maps, axis=1)), maps, logits
 
 
@@ -140,9 +152,7 @@ def semantic_map(
     ``layers`` (``[B, H, W, 3|1]`` → ``[B, H, W]`` in ``[0, 1]``). Unlike the paper's product,
     which keeps only where every layer agrees (a few peaked pixels), the mean marks the whole
     region each layer finds."""
-    maps, _ = _grad_cam(
-        network, images, lambda logits: class_weights(logits, top_k, target_class), layers
-    )
+    maps, _ = class_maps(network, images, top_k, target_class, layers)
     return jnp.mean(normalise(maps), axis=1)
 
 
