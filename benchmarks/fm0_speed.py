@@ -31,7 +31,7 @@ from absl import app, flags
 from tables import save
 from torch_fm0 import TorchFM0
 
-from semfuse_jax import fusion, io, weights
+from semfuse_jax import files, fusion, weights
 from semfuse_jax.optimise import Schedule
 
 _DATA = flags.DEFINE_string("data", "../shared/data", "Shared data folder.")
@@ -48,7 +48,7 @@ FLOPS_PER_PIXEL = 2 * (2 * 27 * 64)
 def colour_pair(size: int) -> np.ndarray:
     """A real colour multi-focus pair (Lytro) cropped to ``size²``: ``[2, size, size, 3]``."""
     folder = Path(_DATA.value) / "multifocus_colour_lytro" / "lytro-01"
-    a, b = (io.load_image(folder / f"lytro-01-{s}.jpg") for s in "AB")
+    a, b = (files.load_image(folder / f"lytro-01-{s}.jpg") for s in "AB")
     return np.stack([a[:size, :size], b[:size, :size]])
 
 

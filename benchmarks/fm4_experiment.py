@@ -1,6 +1,6 @@
 """FM4 against FM0, FM1 and the classical baselines on every set of the shared data.
 
-Each method runs through ``semfuse-eval``'s table mode (one run per method, kept in
+Each method runs through the table runner of ``semfuse-eval`` (one run per method, kept in
 ``--out/methods/METHOD`` and reused while its solver matches; ``--rerun=fm4,...`` reruns). The
 rows are merged into one table (``--out/table.md``, ``summary.md``: all metrics, per set and
 per-domain means), and FM4 is checked per domain against the bar on Q_E and Petrovic
@@ -17,8 +17,6 @@ loss to within 1 %).
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -26,16 +24,16 @@ import numpy as np
 from absl import app, flags
 from tables import save
 
-from semfuse_jax import baselines, fusion, io
-from semfuse_jax.cli.eval import find_sets, score, write_table
-from semfuse_jax.cli.options import SOLVER, WEIGHTS
+from semfuse_jax import files, fm4, fusion, tables
+from semfuse_jax.tables import find_sets, score, write_table
 
 _DATA = flags.DEFINE_string("data", "../shared/data", "Root of DOMAIN/SET folders.")
 _OUT = flags.DEFINE_string("out", "benchmarks/out/fm4", "Output folder.")
 _RUN = flags.DEFINE_list(
     "run", ["fm0", "fm1", "fm4", "average", "max", "dwt", "laplacian"], "Methods to run."
 )
-flags.FLAGS.set_default("solver", "fast")
+_SOLVER = flags.DEFINE_enum("solver", "fast", ["adam", "fast"], "Solver of FM0, FM1 and FM4.")
+_WEIGHTS = flags.DEFINE_string("weights", None, "VGG19 weights file (default: as semfuse-fuse).")
 _ABLATIONS = flags.DEFINE_bool(
     "ablations", True, "Also score FM4's pyramid start alone, and with changed settings."
 )
@@ -47,23 +45,13 @@ PAIR_SLACK = 0.01
 
 
 def method_rows(method: str, out: Path) -> list[dict]:
-    """Rows of ``method`` from its own table-mode run (run now unless a matching one exists)."""
+    """Rows of ``method`` from its own table run (run now unless one with the same solver is
+    kept in ``out/methods/METHOD``)."""
     folder = out / "methods" / method
     table = folder / "table.json"
-    if method in _RERUN.value or not table.exists() or _solver_of(table) != SOLVER.value:
-        command = [
-            sys.executable,
-            "-m",
-            "semfuse_jax.cli.eval",
-            f"--table={_DATA.value}",
-            f"--methods={method}",
-            f"--solver={SOLVER.value}",
-            f"--output_dir={folder}",
-        ]
-        if WEIGHTS.value:
-            command.append(f"--weights={WEIGHTS.value}")
-        subprocess.run(command, check=True)
-        (folder / "solver.txt").write_text(SOLVER.value)
+    if method in _RERUN.value or not table.exists() or _solver_of(table) != _SOLVER.value:
+        config = fusion.FusionConfig(method=method, solver=_SOLVER.value)
+        tables.run_table(_DATA.value, [config], folder, weights_file=_WEIGHTS.value, overwrite=True)
     return json.loads(table.read_text())["rows"]
 
 
@@ -82,17 +70,17 @@ def ablation_rows() -> list[dict]:
     time, scored like the methods."""
     rows = []
     for domain, name, paths in find_sets(Path(_DATA.value), None):
-        images = fusion.stack_set([io.load_image(p) for p in paths])
+        images = fusion.stack_set([files.load_image(p) for p in paths])
         for label, settings in ABLATIONS.items():
-            fused = np.asarray(baselines.activity_pyramid(images[None], **settings)[0][0])
+            fused = np.asarray(fm4.activity_pyramid(images, **settings)[0])
             rows.append({"domain": domain, "set": name, "method": label, "steps": 0})
             rows[-1] |= score(images, fused)
     return rows
 
 
 def _solver_of(table: Path) -> str | None:
-    marker = table.parent / "solver.txt"
-    return marker.read_text().strip() if marker.exists() else None
+    configs = json.loads(table.read_text())["settings"].get("configs") or [{}]
+    return configs[0].get("solver")
 
 
 def checks(records: list[dict]) -> tuple[list[dict], bool]:
@@ -137,7 +125,7 @@ def main(argv: Sequence[str]) -> None:
     records = [row for method in _RUN.value for row in method_rows(method, out)]
     if _ABLATIONS.value:
         records += ablation_rows()
-    write_table(out, records, {"methods": _RUN.value, "solver": SOLVER.value})
+    write_table(out, records, {"methods": _RUN.value, "solver": _SOLVER.value})
     print((out / "summary.md").read_text())
     if not {"fm4", "fm0", *BASELINE_BAR} <= set(_RUN.value):
         return

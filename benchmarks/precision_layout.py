@@ -23,7 +23,7 @@ import numpy as np
 from absl import app, flags
 from tables import save
 
-from semfuse_jax import fusion, io, metrics, weights
+from semfuse_jax import files, fusion, metrics, weights
 from semfuse_jax.optimise import Schedule
 
 _DATA = flags.DEFINE_string("data", "../shared/data", "Shared data folder.")
@@ -70,7 +70,7 @@ def main(argv: Sequence[str]) -> None:
     precision = []
     for label, (folder, a, b) in PAIRS.items():
         root = Path(_DATA.value) / folder
-        images = fusion.stack_set([io.load_image(root / a), io.load_image(root / b)])
+        images = fusion.stack_set([files.load_image(root / a), files.load_image(root / b)])
         images = images[None, :, :256, :256]
         results = {}
         for dtype in ("float32", "bfloat16"):

@@ -19,7 +19,7 @@ import numpy as np
 from absl import app, flags
 from tables import save
 
-from semfuse_jax import fusion, io, weights
+from semfuse_jax import files, fusion, weights
 from semfuse_jax.optimise import Schedule
 from semfuse_jax.synthetic import multifocus_set
 
@@ -52,8 +52,8 @@ def main(argv: Sequence[str]) -> None:
     n = _SIZE.value
     sharp = []
     for rel, top, left in CROPS:
-        image = io.load_image(Path(_DATA.value) / rel)
-        sharp.append((image @ io.LUMA)[..., None] if image.shape[-1] == 3 else image)
+        image = files.load_image(Path(_DATA.value) / rel)
+        sharp.append((image @ files.LUMA)[..., None] if image.shape[-1] == 3 else image)
         sharp[-1] = sharp[-1][top : top + n, left : left + n]
     sets = np.stack([multifocus_set(s) for s in sharp])
     rows = []

@@ -37,7 +37,7 @@ from absl import app, flags
 from PIL import Image
 from tables import save
 
-from semfuse_jax import cam, classifier, efficientnet, fusion, io, weights
+from semfuse_jax import cam, classifier, efficientnet, files, fusion, weights
 from semfuse_jax.figure import contact_sheet
 from semfuse_jax.optimise import FAST
 from semfuse_jax.weights import TORCHVISION_PREPROCESSING, preprocess
@@ -342,7 +342,7 @@ def part_table2(shots, vgg, lite0, figures: bool) -> None:
                 slug = name.split(" (")[0].replace(" + ", "_").replace(" ", "_")
                 path = Path(_FIGURES.value) / f"figure3_{slug}_{method}.png"
                 path.parent.mkdir(parents=True, exist_ok=True)
-                io.write_pil(path, sheet)
+                files.write_pil(path, sheet)
     save(_OUT.value, "semantic_table2", rows, lines)
 
 

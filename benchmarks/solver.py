@@ -18,8 +18,7 @@ import numpy as np
 from absl import app, flags
 from tables import save
 
-from semfuse_jax import fusion, io, weights
-from semfuse_jax.optimise import Schedule, solver_schedule
+from semfuse_jax import files, fusion, weights
 
 _DATA = flags.DEFINE_string("data", "../shared/data", "Shared data folder.")
 _WEIGHTS = flags.DEFINE_string("weights", None, "VGG19 weights (conv1_1 is enough).")
@@ -36,10 +35,10 @@ def main(argv: Sequence[str]) -> None:
     for name in _SETS.value:
         folder = Path(_DATA.value) / name
         paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".png", ".jpg", ".bmp"))
-        images = fusion.stack_set([io.load_image(p) for p in paths])[None]
+        images = fusion.stack_set([files.load_image(p) for p in paths])[None]
         results = {}
         for solver in ("adam", "fast"):
-            config = fusion.FusionConfig(schedule=solver_schedule(solver, Schedule()))
+            config = fusion.FusionConfig(solver=solver)
             results[solver] = fusion.fuse(w, images, config)
         adam, fast = results["adam"], results["fast"]
         mse = float(np.mean((adam.fused.astype(np.float64) - fast.fused) ** 2))

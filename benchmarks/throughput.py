@@ -34,7 +34,7 @@ from absl import app, flags
 from tables import save
 from torch_fm0 import TorchFM0
 
-from semfuse_jax import fusion, io, weights
+from semfuse_jax import files, fusion, weights
 from semfuse_jax.optimise import FAST, Schedule
 
 _DATA = flags.DEFINE_string("data", "../shared/data", "Shared data folder.")
@@ -52,10 +52,10 @@ def pair(size: int, colour: bool) -> np.ndarray:
     """A real multi-focus pair cropped or tiled to ``size²``: ``[2, size, size, 1|3]``."""
     if colour:
         folder = Path(_DATA.value) / "multifocus_colour_lytro" / "lytro-01"
-        images = [io.load_image(folder / f"lytro-01-{s}.jpg") for s in "AB"]
+        images = [files.load_image(folder / f"lytro-01-{s}.jpg") for s in "AB"]
     else:
         folder = Path(_DATA.value) / "multifocus_grey" / "clock"
-        images = [io.load_image(folder / f"clock{s}.jpg") for s in "AB"]
+        images = [files.load_image(folder / f"clock{s}.jpg") for s in "AB"]
     reps = -(-size // images[0].shape[0])
     return np.stack([np.tile(x, (reps, reps, 1))[:size, :size] for x in images])
 

@@ -2,7 +2,7 @@
 
 The public API::
 
-    from semfuse_jax import FusionConfig, fuse, load_image, save_image, stack_set
+    from semfuse_jax import fuse, FusionConfig, load_image, save_image, stack_set
 
     images = stack_set([load_image("a.png"), load_image("b.png")])  # [N, H, W, C]
     result = fuse(None, images[None], FusionConfig(method="fm0"))  # built-in conv1_1 weights
@@ -19,8 +19,8 @@ from importlib.metadata import PackageNotFoundError, version
 
 from semfuse_jax import metrics
 from semfuse_jax.errors import SemfuseError
+from semfuse_jax.files import load_image, save_image
 from semfuse_jax.fusion import FusionConfig, FusionResult, fuse, stack_set
-from semfuse_jax.io import load_image, save_image
 from semfuse_jax.optimise import Schedule, solve
 from semfuse_jax.weights import load_weights
 

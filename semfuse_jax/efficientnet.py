@@ -40,7 +40,7 @@ import numpy as np
 
 from semfuse_jax import torch_file
 from semfuse_jax.errors import SemfuseError
-from semfuse_jax.io import atomic_path
+from semfuse_jax.files import atomic_path
 from semfuse_jax.weights import (
     Preprocessing,
     cache_dir,

@@ -1,23 +1,10 @@
-"""The paper's fusion methods FM0–FM5 for batches of N-image sets.
+"""Fusing batches of N-image sets with a registered method (:mod:`semfuse_jax.methods`).
 
 ``images`` are ``[B, N, H, W, C]`` float arrays in ``[0, 1]``: B sets of N registered inputs, all
 grey (C = 1) or all RGB (C = 3; a set mixing grey and colour is fused in colour with the grey
-inputs replicated, see :func:`stack_set`).
-
-- FM0: image optimisation towards the choose-max (Ψ0) of the inputs' VGG19 features.
-- FM1: the same towards the majority-filtered choice (Ψ1).
-- FM2: FM0 with each input's features weighted by its Grad-CAM probability map for the selection
-  (the target holds the original feature values by default; ``fm2_weighted_target`` uses the
-  weighted ones).
-- FM3: no optimisation: ``I* = Σ_i P_Mi · I_i`` with the CAM mixing weights.
-- FM5 (beyond the paper): each pixel from the input whose semantic map (mean of its normalised
-  Grad-CAM layer maps) is highest, blended in a Laplacian pyramid; keeps each input's
-  class-relevant region intact (``benchmarks/semantic.py`` measures the classes kept).
-- FM4 (beyond the paper): Adam from an activity-guided Laplacian pyramid
-  (:func:`semfuse_jax.baselines.activity_pyramid`) towards the inputs' features chosen by the
-  same channel-consistent local activity, keeping per set the last epoch that improved on
-  source-referenced quality (Q_E and Petrovic Q^{AB/F}, neither worse; :func:`fm4_quality`).
-  ``benchmarks/fm4_experiment.py`` and ``benchmarks/RESULTS.md`` show why.
+inputs replicated, see :func:`stack_set`). :class:`FusionConfig` holds every setting of a run and
+is the single source of its defaults; :func:`fuse` runs a method's parts over the batch (each part
+takes one set and is vmapped).
 
 Grey sets are optimised as a single grey plane replicated inside the network, so the result is
 exactly grey.
@@ -30,20 +17,16 @@ import hashlib
 import json
 from collections.abc import Callable, Sequence
 from functools import partial
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from semfuse_jax import cam, classifier, metrics, pyramid, rules
-from semfuse_jax.baselines import BASELINES, activity_pyramid, fuse_baseline
+from semfuse_jax import cam, classifier, fm4, methods
 from semfuse_jax.errors import SemfuseError
-from semfuse_jax.optimise import BATCHING, GRADIENTS, Schedule, optimise
+from semfuse_jax.optimise import BATCHING, FAST, GRADIENTS, SOLVERS, Schedule, optimise
 from semfuse_jax.weights import Weights, load_weights
-
-METHODS: tuple[str, ...] = ("fm0", "fm1", "fm2", "fm3", "fm4", "fm5")
-FM5_LEVELS = 3  # pyramid detail levels of FM5's blend (benchmarks/semantic.py)
-ALL_METHODS: tuple[str, ...] = METHODS + BASELINES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,9 +34,13 @@ class FusionConfig:
     """Settings of one fusion run.
 
     Attributes:
-      method: one of :data:`METHODS` or a classical baseline (:data:`BASELINES`).
+      method: a name in :data:`semfuse_jax.methods.REGISTRY` (FM0–FM5 or a baseline).
       layers: VGG19 conv outputs in the loss (the paper: ``conv1_1``).
-      schedule: Adam schedule (FM0–FM2, FM4; FM4 may stop earlier on quality).
+      schedule: the Adam schedule the optimising methods run (FM4 may stop earlier on quality).
+      solver: ``adam`` (runs ``schedule``; the paper's by default) or ``fast``: Adam with the
+        short, steeply decayed :data:`semfuse_jax.optimise.FAST` schedule that stops on
+        convergence (``schedule`` then must be left at the default or be ``FAST``, and is
+        stored as ``FAST``, so the config always names the schedule that ran).
       classifier: the network whose Grad-CAMs FM2/FM3 use: ``vgg19`` (the paper's; needs full
         VGG19 weights), ``efficientnet_lite0`` (installed with the package) or ``auto`` (VGG19
         when the weights hold its classifier, else EfficientNet-Lite0); see ``classifier``.
@@ -74,6 +61,7 @@ class FusionConfig:
     method: str = "fm0"
     layers: tuple[str, ...] = ("conv1_1",)
     schedule: Schedule = dataclasses.field(default_factory=Schedule)
+    solver: str = "adam"
     classifier: str = "auto"
     top_k: int = 1
     target_class: int | None = None
@@ -86,9 +74,13 @@ class FusionConfig:
     batching: str = "auto"
 
     def __post_init__(self) -> None:
-        if self.method not in ALL_METHODS:
-            known = ", ".join(ALL_METHODS)
-            raise SemfuseError(f"unknown method {self.method!r}; choose from {known}")
+        methods.get(self.method)  # a known name
+        if self.solver not in SOLVERS:
+            raise SemfuseError(f"unknown solver {self.solver!r}; choose from {', '.join(SOLVERS)}")
+        if self.solver == "fast":
+            if self.schedule not in (Schedule(), FAST):
+                raise SemfuseError("solver 'fast' sets its own schedule; leave the schedule out")
+            object.__setattr__(self, "schedule", FAST)
         if not self.layers:
             raise SemfuseError("at least one loss layer is needed")
         if not 1 <= self.top_k <= 1000:
@@ -127,16 +119,20 @@ class FusionConfig:
         return json.dumps(self.to_dict(), sort_keys=True)
 
     @property
+    def spec(self) -> methods.Method:
+        """The registered method this configuration runs."""
+        return methods.get(self.method)
+
+    @property
     def uses_cam(self) -> bool:
-        return self.method in ("fm2", "fm3", "fm5")
+        """Whether the method needs a classifier's Grad-CAM maps."""
+        return self.spec.maps is not None
 
     @property
     def required_outputs(self) -> tuple[str, ...]:
         """VGG19 outputs this configuration's feature loss needs (for an early check); the
-        classifier of FM2/FM3 is loaded and checked separately (``classifier.load``)."""
-        if self.method in BASELINES or self.method in ("fm3", "fm5"):
-            return ()
-        return self.layers
+        classifier of FM2/FM3/FM5 is loaded and checked separately (``classifier.load``)."""
+        return self.layers if self.spec.optimised else ()
 
 
 @dataclasses.dataclass
@@ -198,7 +194,7 @@ def memory_estimate(sets: int, inputs: int, height: int, width: int, config: Fus
     """
     pixels = height * width
     per_pixel = 4 * 3 * (inputs + 4)  # images, Adam moments, gradients
-    if config.method in METHODS:
+    if config.spec.optimised:
         channels = {1: 64, 2: 128, 3: 256, 4: 512, 5: 512}
         for layer in config.layers:
             block = int(layer[4]) if layer[4:5].isdigit() else 1
@@ -217,85 +213,65 @@ def group_batches(shapes: Sequence[tuple[int, ...]], batch_size: int) -> list[li
     return [ids[k : k + size] for ids in groups.values() for k in range(0, len(ids), size)]
 
 
-def _flat_features(weights: Weights, images: jax.Array, layers: tuple[str, ...]) -> dict:
-    """VGG19 features of ``[B, N, H, W, C]`` images as ``{layer: [N, B, h, w, c]}``."""
+def _features(weights: Weights, images: jax.Array, layers: tuple[str, ...]) -> dict:
+    """VGG19 features of ``[B, N, H, W, C]`` images as ``{layer: [B, N, h, w, c]}``."""
     b, n = images.shape[:2]
     feats = weights.features(images.reshape(b * n, *images.shape[2:]), layers)
-    return {k: jnp.swapaxes(v.reshape(b, n, *v.shape[1:]), 0, 1) for k, v in feats.items()}
+    return {k: v.reshape(b, n, *v.shape[1:]) for k, v in feats.items()}
 
 
-@partial(jax.jit, static_argnames=("top_k", "target_class", "cam_layers", "semantic"))
-def cam_probabilities(
+@partial(jax.jit, static_argnames=("top_k", "target_class", "cam_layers", "kind"))
+def cam_maps(
     network: classifier.Network,
     images: jax.Array,
     top_k: int = 1,
     target_class: int | None = None,
     cam_layers: tuple[str, ...] = cam.CAM_LAYERS,
-    semantic: bool = False,
+    kind: str = "product",
 ) -> jax.Array:
-    """CAM probability map of every input: ``[B, N, H, W, C]`` → ``[B, N, H, W]``; the paper's
-    product map, or with ``semantic`` FM5's mean map (:func:`semfuse_jax.cam.semantic_map`).
+    """Grad-CAM map of every input: ``[B, N, H, W, C]`` → ``[B, N, H, W]``; ``kind`` ``product``
+    is the paper's probability map, ``mean`` FM5's (:func:`semfuse_jax.cam.semantic_map`).
 
     The maps are made at the classifier's input size (``classifier.resize_for``) and upsampled.
     """
     b, n, h, w, c = images.shape
     flat = classifier.resize_for(network, images.reshape(b * n, h, w, c))
-    if semantic:
-        probs = cam.semantic_map(network, flat, top_k, target_class, cam_layers)
+    if kind == "mean":
+        maps = cam.semantic_map(network, flat, top_k, target_class, cam_layers)
     else:
-        probs, _, _ = cam.probability_map(network, flat, top_k, target_class, cam_layers)
-    return jax.image.resize(probs, (b * n, h, w), "bilinear").reshape(b, n, h, w)
+        maps, _, _ = cam.probability_map(network, flat, top_k, target_class, cam_layers)
+    return jax.image.resize(maps, (b * n, h, w), "bilinear").reshape(b, n, h, w)
 
 
-@partial(jax.jit, static_argnames=("method", "layers", "weighted_target"))
+@partial(jax.jit, static_argnames=("target", "layers", "weighted_target"))
 def fusion_targets(
     weights: Weights,
     images: jax.Array,
-    method: str,
+    target: methods.Target,
     layers: tuple[str, ...],
-    probabilities: jax.Array | None = None,
+    choice: jax.Array | None = None,
     weighted_target: bool = False,
 ) -> dict[str, jax.Array]:
     """Fused target feature maps ``{layer: [B, h, w, c]}`` of ``[B, N, H, W, C]`` images.
 
-    ``probabilities`` ``[B, N, H, W]`` are the CAM maps (FM2) or the activity weights (FM4).
+    ``target`` is a method's feature rule (:attr:`semfuse_jax.methods.Method.target`);
+    ``choice`` ``[B, N, H, W]`` its weights (CAM maps for FM2, the start's choice for FM4),
+    resized to each layer's size.
     """
-    feats = _flat_features(weights, images, layers)
     targets = {}
-    for layer, f in feats.items():  # f: [N, B, h, w, c]
-        if method == "fm0":
-            targets[layer] = rules.choose_max(f)
-        elif method == "fm1":
-            targets[layer] = rules.majority_filter(f)
-        else:
-            p = jnp.swapaxes(probabilities, 0, 1)  # [N, B, H, W]
-            if p.shape[-2:] != f.shape[-3:-1]:
-                p = jax.image.resize(p, (*p.shape[:2], *f.shape[-3:-1]), "bilinear")
-            if method == "fm4":
-                targets[layer] = rules.blend(f, p)
-            else:
-                targets[layer] = rules.cam_weighted_choose_max(f, p, weighted_target)
+    for layer, f in _features(weights, images, layers).items():  # f: [B, N, h, w, c]
+        p = choice
+        if p is not None and p.shape[-2:] != f.shape[-3:-1]:
+            p = jax.image.resize(p, (*p.shape[:2], *f.shape[-3:-1]), "bilinear")
+        rule = partial(target, weighted=weighted_target)
+        targets[layer] = jax.vmap(rule)(f, p)
     return targets
 
 
-@jax.jit
-def cam_mix(images: jax.Array, probabilities: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """FM3: images ``[B, N, H, W, C]``, maps ``[B, N, H, W]`` → (``[B, H, W, C]``, weights)."""
-    weights = jnp.swapaxes(cam.mixing_weights(jnp.swapaxes(probabilities, 0, 1)), 0, 1)
-    return jnp.sum(weights[..., None] * images, axis=1), weights
-
-
-@jax.jit
-def semantic_blend(images: jax.Array, maps: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """FM5: each pixel goes to the input whose semantic map is highest (ties: the first), the
-    choice blended over :data:`FM5_LEVELS` pyramid levels so seams are soft.
-
-    ``images`` ``[B, N, H, W, C]``, ``maps`` ``[B, N, H, W]`` → (``[B, H, W, C]``, the choice
-    ``[B, N, H, W]``).
-    """
-    choice = jax.nn.one_hot(jnp.argmax(maps, axis=1), images.shape[1], axis=1)
-    fused = pyramid.blend(jnp.moveaxis(images, 1, 0), jnp.moveaxis(choice, 1, 0), FM5_LEVELS)
-    return jnp.clip(fused, 0.0, 1.0), choice
+@partial(jax.jit, static_argnames=("part",))
+def per_set(part: Callable, *arrays: jax.Array) -> Any:
+    """``part`` (a method's function of one set) vmapped over the batch axis of ``arrays``."""
+    return jax.vmap(part)(*arrays)
 
 
 def fuse(
@@ -310,70 +286,67 @@ def fuse(
     Args:
       weights: VGG19 weights holding the layers ``config.required_outputs`` need; None loads
         the default ones (``weights.load_weights()``: ``$SEMFUSE_WEIGHTS``, the cache's file,
-        else the built-in ``conv1_1``). Unused by the baselines, FM3 and FM5.
+        else the built-in ``conv1_1``). Unused by the methods that do not optimise.
       images: ``[B, N, H, W, C]`` in ``[0, 1]`` (N ≥ 2; C = 1 grey or 3 RGB).
       config: see :class:`FusionConfig`.
       progress: per-epoch callback, see :func:`semfuse_jax.optimise.optimise`.
-      network: the classifier of FM2/FM3; None loads ``config.classifier``.
+      network: the classifier of the methods that need Grad-CAM maps; None loads
+        ``config.classifier``.
     """
+    spec = config.spec
     images = jnp.asarray(images, jnp.float32)
     if images.ndim != 5 or images.shape[1] < 2 or images.shape[-1] not in (1, 3):
         raise SemfuseError(f"expected [B, N>=2, H, W, 1|3] images, got shape {images.shape}")
-    average = jnp.mean(images, axis=1)
-    if config.method in BASELINES:
-        fused = fuse_baseline(config.method, np.asarray(images))
-        return FusionResult(fused=fused, average=np.asarray(average))
-    if config.required_outputs:
-        if weights is None:  # $SEMFUSE_WEIGHTS, the cache's file, else the built-in conv1_1
-            weights = load_weights(outputs=config.required_outputs)
-        weights.require(config.required_outputs)
-    probabilities = mixing = None
-    if config.uses_cam:
+    average = np.asarray(jnp.mean(images, axis=1))
+    if spec.combine is not None:
+        return FusionResult(fused=np.asarray(spec.combine(images), np.float32), average=average)
+    maps = None
+    if spec.maps is not None:
         network = network if network is not None else classifier.load(config.classifier, weights)
         layers = classifier.cam_layers_for(network, config.cam_layers)
-        probabilities = cam_probabilities(
-            network, images, config.top_k, config.target_class, layers, config.method == "fm5"
-        )
-    if config.method in ("fm3", "fm5"):  # no optimisation: a mix or blend of the inputs
-        mix = semantic_blend if config.method == "fm5" else cam_mix
-        fused, mixing = mix(images, probabilities)
+        maps = cam_maps(network, images, config.top_k, config.target_class, layers, spec.maps)
+    if spec.mix is not None:  # no optimisation: a mix or blend of the inputs
+        fused, mixing = per_set(spec.mix, images, maps)
         return FusionResult(
             fused=np.asarray(fused),
-            average=np.asarray(average),
-            probabilities=np.asarray(probabilities),
+            average=average,
+            probabilities=np.asarray(maps),
             mixing=np.asarray(mixing),
         )
-    init, quality, choice = average, None, probabilities
-    if config.method == "fm4":
-        init, activity = activity_pyramid(images)  # activity: [B, N, H, W]
-        choice = jax.vmap(rules.activity_weights, in_axes=(0, None, None))(activity, 1, 0)
-        quality = fm4_quality(np.asarray(images))
+    if weights is None:  # $SEMFUSE_WEIGHTS, the cache's file, else the built-in conv1_1
+        weights = load_weights(outputs=config.required_outputs)
+    weights.require(config.required_outputs)
+    init, choice = per_set(spec.start, images)
     targets = fusion_targets(
-        weights, images, config.method, config.layers, choice, config.fm2_weighted_target
+        weights,
+        images,
+        spec.target,
+        config.layers,
+        maps if choice is None else choice,
+        config.fm2_weighted_target,
     )
     if config.init_noise > 0:
         noise = set_noise(config.seed, np.asarray(images), init.shape[1:]) * config.init_noise
         init = jnp.clip(init + noise / 255.0, 0.0, 1.0)
-    dtype = jnp.bfloat16 if config.compute_dtype == "bfloat16" else None
     result = optimise(
         weights,
         init,
         targets,
         config.schedule,
         progress,
-        dtype,
-        quality,
+        jnp.bfloat16 if config.compute_dtype == "bfloat16" else None,
+        fm4.quality(np.asarray(images)) if spec.quality_stop else None,
         config.gradient,
         config.batching,
     )
     return FusionResult(
         fused=result.images,
-        average=np.asarray(average),
+        average=average,
         loss_history=result.loss_history,
         steps=result.steps,
         compile_seconds=result.compile_seconds,
         optimise_seconds=result.optimise_seconds,
-        probabilities=None if probabilities is None else np.asarray(probabilities),
+        probabilities=None if maps is None else np.asarray(maps),
         quality_history=result.quality_history,
         best_epoch=result.best_epoch,
     )
@@ -392,21 +365,3 @@ def set_noise(seed: int, images: np.ndarray, shape: tuple[int, ...]) -> jax.Arra
         for s in images
     ]
     return jnp.stack([jax.random.normal(k, shape) for k in keys])
-
-
-def fm4_quality(images: np.ndarray) -> Callable[[np.ndarray], np.ndarray] | None:
-    """FM4's stopping signal for a batch of sets ``[B, N, H, W, C]``: a function scoring
-    candidates ``[B, H, W, C] → [B, 2]`` by Q_E and Petrovic Q^{AB/F} against the inputs
-    (luminance, float64); both use only the inputs, no reference image. None for images
-    smaller than the metrics' 11×11 minimum (FM4 then runs its whole schedule)."""
-    if min(images.shape[2:4]) < 11:
-        return None
-    sources = metrics.luminance_255(images)
-
-    def score(fused: np.ndarray) -> np.ndarray:
-        candidate = metrics.luminance_255(fused)
-        return np.stack(
-            [metrics.qe(sources, candidate), metrics.qabf_petrovic(sources, candidate)], axis=-1
-        )
-
-    return score

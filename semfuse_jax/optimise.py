@@ -78,19 +78,10 @@ class Schedule:
 
 
 SOLVERS: tuple[str, ...] = ("adam", "fast")
+# ``solver="fast"``: Adam with a short, steeply decayed schedule that stops on convergence; it
+# reaches the paper schedule's final loss to within 1 % in about 5 % of its steps
+# (``benchmarks/solver.py``).
 FAST = Schedule(epochs=5, iters=100, lr=2.0, lr_decay=0.7, tol=1e-4)
-
-
-def solver_schedule(solver: str, schedule: Schedule) -> Schedule:
-    """The schedule a solver runs: ``adam`` keeps ``schedule`` (the paper's by default);
-    ``fast`` is Adam with a short, steeply decayed schedule that stops on convergence
-    (:data:`FAST`: 5 epochs × 100 steps, lr 2, decay 0.7, tol 1e-4), which reaches the paper
-    schedule's final loss to within 1 % in about 5 % of its steps (``benchmarks/solver.py``)."""
-    if solver == "adam":
-        return schedule
-    if solver == "fast":
-        return FAST
-    raise SemfuseError(f"unknown solver {solver!r}; choose from {', '.join(SOLVERS)}")
 
 
 class OptimiseResult(NamedTuple):

@@ -36,7 +36,7 @@ import numpy as np
 
 from semfuse_jax import torch_file, vgg19
 from semfuse_jax.errors import SemfuseError
-from semfuse_jax.io import atomic_path, check_outputs
+from semfuse_jax.files import atomic_path, check_outputs
 
 FORMAT = "semfuse_jax.vgg19/1"
 DEFAULT_FILENAME = "vgg19.safetensors"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from semfuse_jax import fusion, io
+from semfuse_jax import files, fusion
 from semfuse_jax.synthetic import multifocus_set
 
 
@@ -29,7 +29,7 @@ def test_identical_inputs_are_reconstructed(method, shape):
 
 @pytest.mark.parametrize("method", ["dwt", "laplacian"])
 def test_multiscale_baselines_recover_multifocus_detail(method, data_dir):
-    lytro = io.load_image(data_dir / "multifocus_colour_lytro/lytro-02/lytro-02-A.jpg")
+    lytro = files.load_image(data_dir / "multifocus_colour_lytro/lytro-02/lytro-02-A.jpg")
     sharp = lytro[200:296, 220:316]
     images = multifocus_set(sharp)[None]
     err_fused = np.mean((run(method, images)[0] - sharp) ** 2)

@@ -14,7 +14,7 @@ import pytest
 from conftest import run_tool
 from PIL import Image
 
-from semfuse_jax import io
+from semfuse_jax import files
 from semfuse_jax.errors import SemfuseError
 
 
@@ -57,8 +57,8 @@ def test_check_outputs_refuses_inputs_links_and_repeats(images, tmp_path):
     ):
         (tmp_path / "sub").mkdir(exist_ok=True)
         with pytest.raises(SemfuseError, match=needle):
-            io.check_outputs(outputs, [a, b], overwrite=True)
-    io.check_outputs([tmp_path / "new.png"], [a, b], overwrite=False)
+            files.check_outputs(outputs, [a, b], overwrite=True)
+    files.check_outputs([tmp_path / "new.png"], [a, b], overwrite=False)
 
 
 def test_batch_output_that_is_another_sets_input_is_refused(images, tmp_path):

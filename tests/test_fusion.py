@@ -8,9 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from semfuse_jax import fusion, io
+from semfuse_jax import files, fusion, methods
 from semfuse_jax.errors import MissingLayersError, SemfuseError
-from semfuse_jax.optimise import Schedule, solver_schedule
+from semfuse_jax.optimise import Schedule
 from semfuse_jax.synthetic import multifocus_set
 
 SHORT = Schedule(epochs=3, iters=10)
@@ -24,9 +24,9 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 @pytest.fixture(scope="module")
 def sharp_images(data_dir) -> list[np.ndarray]:
     """Real 64x64 crops: two colour (Lytro), Lytro luminance (grey) and a grey visible band."""
-    lytro = io.load_image(data_dir / "multifocus_colour_lytro/lytro-02/lytro-02-A.jpg")
-    kayak = io.load_image(data_dir / "ir_visible/TNO_Kayak/Kayak_Vis.png")
-    luminance = (lytro @ io.LUMA)[..., None]
+    lytro = files.load_image(data_dir / "multifocus_colour_lytro/lytro-02/lytro-02-A.jpg")
+    kayak = files.load_image(data_dir / "ir_visible/TNO_Kayak/Kayak_Vis.png")
+    luminance = (lytro @ files.LUMA)[..., None]
     return [
         lytro[200:264, 220:284],
         lytro[300:364, 100:164],
@@ -111,12 +111,14 @@ def test_fm2_runs_with_full_weights_and_targets_follow_the_cam(
     targets = fusion.fusion_targets(
         full_weights,
         jnp.asarray(images),
-        "fm2",
+        methods.cam_target,
         ("conv1_1",),
         jnp.asarray(result.probabilities),
         weighted,
     )
-    plain = fusion.fusion_targets(full_weights, jnp.asarray(images), "fm0", ("conv1_1",))
+    plain = fusion.fusion_targets(
+        full_weights, jnp.asarray(images), methods.choose_max_target, ("conv1_1",)
+    )
     assert not np.allclose(np.asarray(targets["conv1_1"]), np.asarray(plain["conv1_1"]))
 
 
@@ -141,14 +143,12 @@ def test_bad_sets_and_settings_are_refused():
 
 def test_fast_solver_reaches_the_adam_loss(real_weights, data_dir):
     folder = data_dir / "multifocus_grey" / "clock"
-    pair = fusion.stack_set([io.load_image(folder / f"clock{s}.jpg") for s in "AB"])
+    pair = fusion.stack_set([files.load_image(folder / f"clock{s}.jpg") for s in "AB"])
     images = pair[None, :, 200:280, 120:200]  # 80x80 of the real clock pair
     adam = fusion.fuse(
         real_weights, images, fusion.FusionConfig(schedule=Schedule(epochs=20, iters=100))
     )
-    fast = fusion.fuse(
-        real_weights, images, fusion.FusionConfig(schedule=solver_schedule("fast", Schedule()))
-    )
+    fast = fusion.fuse(real_weights, images, fusion.FusionConfig(solver="fast"))
     assert fast.loss_history[-1, 0] <= 1.01 * adam.loss_history[-1, 0]
     assert fast.steps <= adam.steps // 4
 

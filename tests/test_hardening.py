@@ -15,7 +15,7 @@ import numpy as np
 from conftest import run_tool
 from PIL import Image
 
-from semfuse_jax import io
+from semfuse_jax import files
 
 
 def test_header_size_follows_the_exif_orientation(tmp_path):
@@ -23,20 +23,20 @@ def test_header_size_follows_the_exif_orientation(tmp_path):
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90° when displayed
     Image.fromarray(pixels).save(tmp_path / "rotated.jpg", exif=exif)
-    assert io.image_size(tmp_path / "rotated.jpg") == (30, 20)
-    assert io.load_image(tmp_path / "rotated.jpg").shape[:2] == (30, 20)
+    assert files.image_size(tmp_path / "rotated.jpg") == (30, 20)
+    assert files.load_image(tmp_path / "rotated.jpg").shape[:2] == (30, 20)
 
 
 def test_sixteen_bit_grey_round_trips(tmp_path):
     levels = np.random.default_rng(1).integers(0, 65536, (9, 11), dtype=np.uint16)
     Image.fromarray(levels).save(tmp_path / "in.png")
-    assert io.bit_depth(tmp_path / "in.png") == 16
-    image = io.load_image(tmp_path / "in.png")
-    io.save_image(tmp_path / "out.png", image, bits=16)
+    assert files.bit_depth(tmp_path / "in.png") == 16
+    image = files.load_image(tmp_path / "in.png")
+    files.save_image(tmp_path / "out.png", image, bits=16)
     assert Image.open(tmp_path / "out.png").mode.startswith("I")
     np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "out.png")), levels)
-    io.save_image(tmp_path / "eight.png", image)
-    assert io.bit_depth(tmp_path / "eight.png") == 8
+    files.save_image(tmp_path / "eight.png", image)
+    assert files.bit_depth(tmp_path / "eight.png") == 8
 
 
 def test_cli_keeps_16_bits_skips_a_csv_header_and_splits_batches_to_fit_memory(tmp_path):
@@ -135,7 +135,7 @@ def test_a_full_disk_is_one_error_line(tmp_path, monkeypatch):
 
     monkeypatch.setattr(Path, "write_text", full)
     try:
-        io.write_text(tmp_path / "report.json", "{}")
+        files.write_text(tmp_path / "report.json", "{}")
     except SemfuseError as exc:
         assert "No space left" in str(exc)
     else:

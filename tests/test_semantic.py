@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from semfuse_jax import cam, classifier, efficientnet, fusion, pyramid
+from semfuse_jax import cam, classifier, efficientnet, fusion, methods, pyramid
 
 
 def test_semantic_blend_takes_each_pixel_from_the_input_with_the_higher_map():
@@ -23,7 +23,9 @@ def test_semantic_blend_takes_each_pixel_from_the_input_with_the_higher_map():
     maps = np.zeros((1, 2, 32, 48), np.float32)
     maps[:, 0, :, :24] = 0.9  # input 0 wins on the left half
     maps[:, 1, :, 24:] = 0.4  # input 1 on the right half, although its map is lower
-    fused, choice = (np.asarray(x) for x in fusion.semantic_blend(jnp.asarray(images), maps))
+    fused, choice = (
+        np.asarray(x) for x in fusion.per_set(methods.semantic_blend, jnp.asarray(images), maps)
+    )
     np.testing.assert_array_equal(choice[0, 0], (np.arange(48) < 24)[None].repeat(32, 0))
     np.testing.assert_allclose(choice.sum(axis=1), 1.0)
     assert fused[0, :, :6].max() < 0.01 and fused[0, :, 42:].min() > 0.99  # away from the seam

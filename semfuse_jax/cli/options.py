@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from pathlib import Path
 
 from absl import flags
 
-from semfuse_jax import classifier, fusion, optimise
+from semfuse_jax import classifier, fusion, optimise, runs
 from semfuse_jax.errors import SemfuseError
 from semfuse_jax.optimise import Schedule
 
@@ -111,7 +110,8 @@ def config_from_flags(method: str | None) -> fusion.FusionConfig:
     return fusion.FusionConfig(
         method=method,
         layers=tuple(LAYERS.value),
-        schedule=optimise.solver_schedule(SOLVER.value, schedule),
+        schedule=schedule,
+        solver=SOLVER.value,
         top_k=TOP_K.value,
         target_class=CLASS.value,
         classifier=CLASSIFIER.value,
@@ -131,4 +131,4 @@ def memory_limit_bytes() -> int:
         if not 0 < MAX_MEMORY.value < 2**20:  # also refuses NaN and infinity
             raise SemfuseError("--max_memory_gb must be a positive number of GiB")
         return int(MAX_MEMORY.value * 2**30)
-    return int(0.8 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    return runs.default_memory_limit()

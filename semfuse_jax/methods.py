@@ -1,0 +1,150 @@
+"""The fusion methods: one registry entry per method, saying what it needs and what it is made of.
+
+Every method is one of three kinds:
+
+- a **combination** of the inputs (the classical baselines): ``combine`` maps a batch
+  ``[B, N, H, W, C]`` to ``[B, H, W, C]``; no network;
+- a **semantic mix** (FM3, FM5): the classifier's Grad-CAM ``maps`` of each input decide, and
+  ``mix`` turns one set ``[N, H, W, C]`` and its maps ``[N, H, W]`` into the fused ``[H, W, C]``
+  and the per-input weights ``[N, H, W]``;
+- an **optimisation** (FM0, FM1, FM2, FM4): Adam from ``start``'s image towards the VGG19 feature
+  ``target`` of the inputs (:mod:`semfuse_jax.optimise`), optionally keeping the epoch with the
+  best source-referenced quality (``quality_stop``).
+
+Parts take one set (``[N, ...]``, inputs first); :func:`semfuse_jax.fusion.fuse` vmaps them over
+the batch. A new method is one :class:`Method` in :data:`REGISTRY`, with its parts here when they
+are a few lines and in a module of its own otherwise (like :mod:`semfuse_jax.fm4`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+
+from semfuse_jax import baselines, cam, fm4, pyramid, rules
+from semfuse_jax.errors import SemfuseError
+
+FM5_LEVELS = 3  # pyramid detail levels of FM5's blend (benchmarks/semantic.py)
+
+Combine = Callable[[jax.Array], jax.Array]
+Mix = Callable[[jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
+Target = Callable[[jax.Array, jax.Array | None, bool], jax.Array]
+Start = Callable[[jax.Array], tuple[jax.Array, jax.Array | None]]
+
+
+def average_start(images: jax.Array) -> tuple[jax.Array, None]:
+    """The paper's start: the mean of one set ``[N, H, W, C]``; no choice of its own."""
+    return jnp.mean(images, axis=0), None
+
+
+def choose_max_target(features: jax.Array, weights: jax.Array | None, weighted: bool) -> jax.Array:
+    """FM0 (Ψ0): ``[N, h, w, c]`` → ``[h, w, c]``."""
+    return rules.choose_max(features)
+
+
+def majority_target(features: jax.Array, weights: jax.Array | None, weighted: bool) -> jax.Array:
+    """FM1 (Ψ1): choose-max smoothed by a 3×3 majority vote."""
+    return rules.majority_filter(features)
+
+
+def cam_target(features: jax.Array, weights: jax.Array | None, weighted: bool) -> jax.Array:
+    """FM2: choose-max on CAM-weighted features (``weights``: CAM maps ``[N, h, w]``)."""
+    return rules.cam_weighted_choose_max(features, weights, weighted)
+
+
+def activity_target(features: jax.Array, weights: jax.Array | None, weighted: bool) -> jax.Array:
+    """FM4: the features blended by its start's activity choice (``weights`` ``[N, h, w]``)."""
+    return rules.blend(features, weights)
+
+
+def cam_mix(images: jax.Array, maps: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """FM3: ``I* = Σ_i P_Mi · I_i`` with the paper's mixing weights of the CAM maps."""
+    weights = cam.mixing_weights(maps)
+    return rules.blend(images, weights), weights
+
+
+def semantic_blend(images: jax.Array, maps: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """FM5: each pixel goes to the input whose semantic map is highest (ties: the first), the
+    choice blended over :data:`FM5_LEVELS` pyramid levels so seams are soft."""
+    choice = jax.nn.one_hot(jnp.argmax(maps, axis=0), images.shape[0], axis=0)
+    return jnp.clip(pyramid.blend(images, choice, FM5_LEVELS), 0.0, 1.0), choice
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+    """One fusion method and its parts (see the module docstring for the three kinds).
+
+    Attributes:
+      name: the ``--method`` value.
+      summary: one line for ``--help`` and the README.
+      origin: ``paper`` (Hill & Bull 2021), ``semfuse_jax`` (ours) or ``baseline``.
+      combine: a combination's function on ``[B, N, H, W, C]``.
+      maps: the Grad-CAM maps a method needs: ``product`` (the paper's P) or ``mean``
+        (:func:`semfuse_jax.cam.semantic_map`); None: no classifier.
+      mix: a semantic mix's function on one set and its maps.
+      target: an optimisation's feature rule ``(features [N, h, w, c], weights [N, h, w] | None,
+        weighted) → [h, w, c]``; its weights are the start's choice, else the CAM maps.
+      start: an optimisation's start image ``[N, H, W, C] → ([H, W, C], choice | None)``.
+      quality_stop: keep the epoch with the best Q_E / Petrovic Q^{AB/F} (:func:`fm4.quality`).
+    """
+
+    name: str
+    summary: str
+    origin: str
+    combine: Combine | None = None
+    maps: str | None = None
+    mix: Mix | None = None
+    target: Target | None = None
+    start: Start = average_start
+    quality_stop: bool = False
+
+    @property
+    def optimised(self) -> bool:
+        """Whether the method optimises an image towards VGG19 feature targets."""
+        return self.target is not None
+
+
+REGISTRY: dict[str, Method] = {
+    m.name: m
+    for m in (
+        Method("fm0", "Adam towards the choose-max (Ψ0) of the inputs' VGG19 features", "paper",
+               target=choose_max_target),
+        Method("fm1", "FM0 with the choice smoothed by a 3×3 majority vote (Ψ1)", "paper",
+               target=majority_target),
+        Method("fm2", "FM0 with the choice made on Grad-CAM-weighted features", "paper",
+               maps="product", target=cam_target),
+        Method("fm3", "Grad-CAM mixing weights applied to the input pixels (no optimisation)",
+               "paper", maps="product", mix=cam_mix),
+        Method("fm4", "activity-guided pyramid start, activity-blended target, quality stop",
+               "semfuse_jax", target=activity_target, start=fm4.start, quality_stop=True),
+        Method("fm5", "each pixel from the input with the highest Grad-CAM map, pyramid-blended",
+               "semfuse_jax", maps="mean", mix=semantic_blend),
+        Method("average", "pixel mean of the inputs", "baseline", combine=baselines.average),
+        Method("max", "pixel maximum of the inputs", "baseline", combine=baselines.maximum),
+        Method("dwt", "3-level db2 wavelet choose-max", "baseline", combine=baselines.dwt),
+        Method("laplacian", "4-level Laplacian pyramid choose-max", "baseline",
+               combine=baselines.laplacian),
+    )
+}  # fmt: skip
+NAMES: tuple[str, ...] = tuple(REGISTRY)
+BASELINES: tuple[str, ...] = tuple(n for n, m in REGISTRY.items() if m.origin == "baseline")
+
+
+def get(name: str) -> Method:
+    """The registered method ``name``.
+
+    Raises:
+      SemfuseError: an unknown name (the message lists the known ones).
+    """
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise SemfuseError(f"unknown method {name!r}; choose from {', '.join(NAMES)}") from None
+
+
+def describe() -> str:
+    """One line per method: ``name  (origin)  summary``."""
+    return "\n".join(f"{m.name:10s} ({m.origin}) {m.summary}" for m in REGISTRY.values())

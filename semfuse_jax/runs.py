@@ -1,0 +1,468 @@
+"""Runs: fusing one set or a manifest of sets to files, with reports, a status file and resume.
+
+- :func:`fuse_set`: one set to one image (and optionally a JSON report and a contact sheet).
+- :func:`fuse_manifest`: every set of a manifest (``name,input1,input2,...``) into a folder.
+  Batches are planned from the file headers over the whole manifest (same N and size, within the
+  memory limit), so every process of a multi-host run, and a resumed run, computes exactly the
+  batches an uninterrupted single-process run would; process ``p`` of ``P`` takes batches
+  ``p, p + P, ...``. Each finished set is appended durably to ``status.jsonl``.
+- Every record carries :func:`run_info`: the whole :class:`~semfuse_jax.fusion.FusionConfig`
+  (``semfuse-fuse --config=<report>`` re-runs it to the same bits), the weights' digest, versions.
+
+Every file a run writes is checked first against the overwrite policy of
+:func:`semfuse_jax.files.check_outputs`.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import fcntl
+import json
+import os
+import platform
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import flax
+import jax
+import numpy as np
+import optax
+from absl import logging
+
+import semfuse_jax
+from semfuse_jax import classifier, files, fm4, fusion, weights
+from semfuse_jax.errors import SemfuseError
+from semfuse_jax.figure import contact_sheet
+
+STATUS_FILE = "status.jsonl"
+_LOCKS: list[int] = []  # status files this process holds (released when it exits)
+
+Record = dict[str, Any]
+
+
+def default_memory_limit() -> int:
+    """80 % of the machine's physical memory, in bytes."""
+    return int(0.8 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+
+
+def read_manifest(path: Path) -> list[tuple[str, list[Path]]]:
+    """Parse a batch manifest into ``(name, input paths)`` rows.
+
+    A line is ``name,input1,input2[,input3...]`` with paths relative to the manifest's folder;
+    blank lines, lines starting with ``#`` and a leading ``name,...`` header are skipped.
+    """
+    if not path.is_file():
+        raise SemfuseError(f"manifest {path} does not exist")
+    rows, names = [], set()
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            lines = list(csv.reader(f))
+    except (UnicodeDecodeError, csv.Error, OSError) as exc:
+        raise SemfuseError(f"manifest {path}: unreadable ({exc})") from None
+    for number, row in enumerate(lines, start=1):
+        row = [cell.strip() for cell in row]
+        if any("\x00" in cell for cell in row):
+            raise SemfuseError(f"manifest {path} line {number}: unreadable (a NUL byte)")
+        if not any(row) or row[0].startswith("#"):
+            continue
+        if not rows and row[0].lower() == "name":  # a CSV header line
+            continue
+        name, inputs = row[0], [p for p in row[1:] if p]
+        if not name or len(inputs) < 2 or "/" in name or name in names or name in (".", ".."):
+            raise SemfuseError(
+                f"manifest {path} line {number}: need a unique, non-empty name (no '/') and "
+                ">= 2 inputs"
+            )
+        names.add(name)
+        rows.append((name, [path.parent / p for p in inputs]))
+    if not rows:
+        raise SemfuseError(f"manifest {path} lists no sets")
+    return rows
+
+
+def log_progress(epoch: int, epochs: int, losses: np.ndarray, elapsed: float) -> None:
+    """One log line about every tenth of the schedule (and the last epoch)."""
+    if epoch % max(1, epochs // 10) and epoch != epochs:
+        return
+    eta = elapsed / epoch * (epochs - epoch)
+    losses_text = " ".join(f"{x:.4g}" for x in losses)
+    logging.info(
+        "epoch %d/%d  loss %s  %.1fs elapsed, ETA %.0fs", epoch, epochs, losses_text, elapsed, eta
+    )
+
+
+def run_info(w: weights.Weights | None, config: fusion.FusionConfig) -> Record:
+    """Settings, weights, command line and environment shared by every record of a run."""
+    source = Path(w.source) if w is not None else None
+    return {
+        "command": [Path(sys.argv[0]).name, *sys.argv[1:]],
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "method": config.method,
+        "config": config.to_dict(),  # semfuse-fuse --config=<this report> re-runs it
+        "weights": None if w is None else w.source,
+        "weights_sha256": weights.file_digests(source)["sha256"]
+        if source is not None and source.is_file()
+        else None,
+        "versions": {
+            "semfuse_jax": semfuse_jax.__version__,
+            "jax": jax.__version__,
+            "flax": flax.__version__,
+            "optax": optax.__version__,
+            "python": platform.python_version(),
+        },
+        "device": str(jax.devices()[0]),
+    }
+
+
+def load_models(
+    config: fusion.FusionConfig, weights_file: str | None, classes: bool
+) -> tuple[weights.Weights | None, classifier.Network | None, fusion.FusionConfig]:
+    """The VGG19 weights ``config`` needs (None when it needs none), the classifier (for the
+    Grad-CAM methods or, with ``classes``, the class report; else None), and ``config`` with the
+    classifier resolved to a concrete name."""
+    w = network = None
+    wants_network = config.uses_cam or classes
+    if config.required_outputs or (wants_network and config.classifier != "efficientnet_lite0"):
+        w = weights.load_weights(weights_file, outputs=config.required_outputs or None)
+    if wants_network:
+        network = classifier.load(config.classifier, w)
+        config = dataclasses.replace(config, classifier=classifier.network_name(network))
+    return w, network, config
+
+
+def set_key(
+    inputs: Sequence[Path], config: fusion.FusionConfig, memory_limit: int
+) -> tuple[int, int, int]:
+    """``(N, H, W)`` of a set from the file headers, after the memory check; no decoding."""
+    sizes = [files.image_size(p) for p in inputs]
+    fusion.check_same_size(sizes)
+    needed = fusion.memory_estimate(1, len(inputs), *sizes[0], config)
+    if needed > memory_limit:
+        raise SemfuseError(
+            f"fusing {len(inputs)} images of {sizes[0][1]}x{sizes[0][0]} with {config.method} "
+            f"needs about {needed / 2**30:.1f} GiB, more than the {memory_limit / 2**30:.1f} GiB "
+            "allowed (--max_memory_gb)"
+        )
+    return len(inputs), *sizes[0]
+
+
+def fuse_and_save(
+    w: weights.Weights | None,
+    network: classifier.Network | None,
+    config: fusion.FusionConfig,
+    names: list[str],
+    sets: list[np.ndarray],
+    outputs: list[Path],
+    bits: list[int],
+) -> tuple[list[Record], fusion.FusionResult]:
+    """Fuse same-shape sets ``[N, H, W, C]`` together, write each output at its bit depth, and
+    return per-set records (with the classes of the inputs and the result when a classifier
+    ``network`` is given)."""
+    start = time.perf_counter()
+    result = fusion.fuse(w, np.stack(sets), config, progress=log_progress, network=network)
+    seconds = time.perf_counter() - start
+    records = []
+    for b, (name, out) in enumerate(zip(names, outputs, strict=True)):
+        files.save_image(out, result.fused[b], bits[b])
+        kept = -1 if result.best_epoch is None else int(result.best_epoch[b])
+        history = None if result.loss_history is None else result.loss_history[:, b]
+        record: Record = {
+            "name": name,
+            "output": str(out.resolve()),
+            "bits": bits[b],
+            "steps": result.steps,
+            # the loss of the image written (FM4: of the epoch it kept)
+            "final_loss": None if history is None else float(history[kept]),
+            "loss_history": None if history is None else [float(x) for x in history],
+            "optimise_seconds": result.optimise_seconds,
+            "compile_seconds": result.compile_seconds,
+            "batch_seconds": seconds,
+            "batch_size": len(names),
+        }
+        if result.quality_history is not None:  # FM4: the quality signal and the kept epoch
+            record["quality_history"] = {
+                metric: [float(x) for x in result.quality_history[:, b, k]]
+                for k, metric in enumerate(fm4.QUALITY_NAMES)
+            }
+            record["best_epoch"] = int(result.best_epoch[b])
+        if network is not None:
+            record["classes"] = classifier.class_report(network, sets[b], result.fused[b])
+        records.append(record)
+        logging.info("wrote %s", out)
+    return records, result
+
+
+def write_report(path: str | os.PathLike[str] | None, record: Record) -> None:
+    """Write ``record`` as indented JSON to ``path`` (atomically); nothing when ``path`` is None."""
+    if path:
+        files.write_text(path, json.dumps(record, indent=2) + "\n")
+        logging.info("wrote %s", path)
+
+
+def load_set(inputs: Sequence[Path], config: fusion.FusionConfig, memory_limit: int) -> np.ndarray:
+    """Check sizes and memory from the file headers, then load the set as ``[N, H, W, C]``."""
+    set_key(inputs, config, memory_limit)
+    return fusion.stack_set([files.load_image(p) for p in inputs])
+
+
+def fuse_set(
+    inputs: Sequence[str | os.PathLike[str]],
+    output: str | os.PathLike[str],
+    config: fusion.FusionConfig,
+    *,
+    weights_file: str | None = None,
+    report: str | None = None,
+    figure: str | None = None,
+    overwrite: bool = False,
+    memory_limit: int | None = None,
+) -> Record:
+    """Fuse one set into ``output``; optionally write a JSON ``report`` and a contact-sheet
+    ``figure`` (with the classes of the inputs and the result). Returns the report's record."""
+    inputs = [Path(p) for p in inputs]
+    named = [p for p in (output, figure, report) if p]
+    read = [*inputs, *([Path(weights_file)] if weights_file else [])]
+    files.check_outputs(named, read, overwrite)
+    output = files.check_image_suffix(output)
+    if figure:
+        files.check_image_suffix(figure)
+    limit = default_memory_limit() if memory_limit is None else memory_limit
+    images = load_set(inputs, config, limit)
+    w, network, config = load_models(config, weights_file, classes=bool(report or figure))
+    bits = max(files.bit_depth(p) for p in inputs)
+    records, result = fuse_and_save(w, network, config, [output.stem], [images], [output], [bits])
+    if figure:
+        sheet = contact_sheet(
+            images,
+            result.fused[0],
+            result.average[0],
+            None if result.probabilities is None else result.probabilities[0],
+            None if result.mixing is None else result.mixing[0],
+            classes=records[0].get("classes"),
+        )
+        files.write_pil(Path(figure), sheet)
+        logging.info("wrote %s", figure)
+    record = {**run_info(w, config), **records[0], "inputs": [str(p) for p in inputs]}
+    write_report(report, record)
+    return record
+
+
+def read_status(path: Path) -> dict[str, Record]:
+    """Latest record per set name from a status file (JSON lines); unreadable lines are ignored."""
+    latest: dict[str, Record] = {}
+    if path.is_file():
+        for line in path.read_text(errors="replace").splitlines():
+            try:
+                record = json.loads(line)
+                if isinstance(record.get("name"), str):
+                    latest[record["name"]] = record
+            except (ValueError, KeyError, TypeError, AttributeError):
+                continue
+    return latest
+
+
+def claim_status(path: Path, resume: bool, overwrite: bool) -> None:
+    """Create or open a run's status file and hold an exclusive lock on it for the rest of the
+    process, so that a second run on the same output (and process id) is refused.
+
+    An existing status file is continued with ``resume``, emptied with ``overwrite``, and
+    otherwise refused (before anything is written).
+    """
+    existed = os.path.lexists(path)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666)
+    except OSError as exc:
+        raise SemfuseError(f"cannot open {path}: {exc.strerror}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise SemfuseError(
+            f"another semfuse-fuse run is writing to {path.parent} ({path.name} is locked); "
+            "wait for it or use another --output_dir"
+        ) from None
+    if existed and not resume:
+        if not overwrite:
+            os.close(fd)
+            raise SemfuseError(f"{path} exists: pass --resume to continue that run")
+        os.ftruncate(fd, 0)
+    _LOCKS.append(fd)  # closed (and so released) when the process exits
+
+
+def append_status(path: Path, records: Sequence[Record]) -> None:
+    """Append records durably (flushed and synced) so a killed run can resume after them.
+
+    A torn last line (a run killed while writing it) is ended first, so it stays one unreadable
+    line instead of corrupting the next record.
+    """
+    if not records:
+        return
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o666)
+    except OSError as exc:
+        raise SemfuseError(f"cannot write {path}: {exc.strerror}") from None
+    with os.fdopen(fd, "r+b") as f:
+        size = f.seek(0, os.SEEK_END)
+        torn = size > 0 and os.pread(fd, 1, size - 1) != b"\n"
+        lines = "".join(
+            json.dumps({**record, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}) + "\n"
+            for record in records
+        )
+        try:
+            f.write((("\n" if torn else "") + lines).encode())
+            f.flush()
+            os.fsync(f.fileno())
+        except OSError as exc:
+            raise SemfuseError(f"cannot write {path}: {exc.strerror}") from None
+
+
+def plan_batches(
+    keys: Sequence[tuple[int, int, int]],
+    config: fusion.FusionConfig,
+    batch_size: int,
+    memory_limit: int,
+) -> list[list[int]]:
+    """Indices of same-``(N, H, W)`` sets in batches of at most ``batch_size`` that each fit
+    ``memory_limit`` as a whole (first-seen order)."""
+    batches = []
+    for batch in fusion.group_batches(keys, batch_size):
+        per_set = fusion.memory_estimate(1, *keys[batch[0]], config)
+        size = max(1, min(len(batch), memory_limit // max(per_set, 1)))
+        batches += [batch[k : k + size] for k in range(0, len(batch), size)]
+    return batches
+
+
+def status_path(out_dir: Path, process: int, processes: int) -> Path:
+    """``status.jsonl`` (one process) or ``status.p<process>.jsonl`` (multi-host)."""
+    name = STATUS_FILE if processes == 1 else STATUS_FILE.replace(".", f".p{process}.", 1)
+    return out_dir / name
+
+
+def fuse_manifest(
+    manifest: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    config: fusion.FusionConfig,
+    *,
+    weights_file: str | None = None,
+    batch_size: int = 8,
+    memory_limit: int | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    report: str | None = None,
+    process: int = 0,
+    processes: int = 1,
+) -> list[Record]:
+    """Fuse every set of ``manifest`` into ``out_dir/NAME.png``; return one record per set
+    (``status`` ``done`` or ``failed``) and write them to the report (if any).
+
+    With ``resume``, sets recorded as done (whose output exists) are skipped and the outputs of
+    unfinished sets may be replaced. A set that fails (unreadable, too large, unwritable output)
+    is recorded and the run goes on.
+
+    Raises:
+      SemfuseError: a problem with the run as a whole, or after the run when any set failed.
+    """
+    limit = default_memory_limit() if memory_limit is None else memory_limit
+    manifest = Path(manifest)
+    rows = read_manifest(manifest)
+    out_dir = Path(out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SemfuseError(f"cannot create {out_dir}: {exc.strerror}") from None
+    status = status_path(out_dir, process, processes)
+    if status.is_symlink() or (status.exists() and not status.is_file()):
+        raise SemfuseError(f"{status} is not a regular file; refusing to append to it")
+    files.check_writable(status)
+    outputs = {set_name: out_dir / f"{set_name}.png" for set_name, _ in rows}
+    read = [p for _, inputs in rows for p in inputs] + [manifest]
+    read += [Path(weights_file)] if weights_file else []
+    files.check_outputs(
+        [*outputs.values(), *([report] if report else []), status],
+        read,
+        overwrite=True,  # identity and writability here; existing outputs are checked per set
+    )
+    if report:
+        files.check_writable(report, overwrite=overwrite or resume)
+    claim_status(status, resume, overwrite)
+    previous = read_status(status) if resume else {}
+    finished = {
+        set_name
+        for set_name, record in previous.items()
+        if record.get("status") == "done" and outputs.get(set_name, Path()).is_file()
+    }
+
+    def failure(set_name: str, exc: SemfuseError) -> Record:
+        logging.error("set %s: %s", set_name, exc)
+        return {"name": set_name, "status": "failed", "error": str(exc)}
+
+    records: list[Record] = []
+    valid: list[tuple[str, list[Path], Path, tuple[int, int, int]]] = []
+    for set_name, inputs in rows:
+        output = outputs[set_name]
+        try:
+            # A resumed run owns the outputs of its unfinished sets (one may have been written
+            # just before the run was killed, without its status record): they are recomputed.
+            files.check_writable(output, overwrite=overwrite or resume)
+            valid.append((set_name, inputs, output, set_key(inputs, config, limit)))
+        except SemfuseError as exc:
+            if process == 0:  # header-level failures are the same in every process
+                records.append(failure(set_name, exc))
+    append_status(status, records)
+    batches = plan_batches([key for *_, key in valid], config, batch_size, limit)
+    mine = batches[process::processes]
+    todo = [b for b in mine if not all(valid[i][0] in finished for i in b)]
+    w, network, config = (
+        load_models(config, weights_file, classes=False) if todo else (None, None, config)
+    )
+    started = time.perf_counter()
+    total = sum(len(b) for b in mine)
+    for number, batch in enumerate(mine, start=1):
+        members = [valid[i] for i in batch]
+        if batch not in todo:
+            records += [{**previous[m[0]], "resumed": True} for m in members]
+            continue
+        logging.info("batch %d/%d: %s", number, len(mine), ", ".join(m[0] for m in members))
+        done = _fuse_members(w, network, config, members, failure)
+        append_status(status, done)
+        records += done
+        so_far = sum(len(b) for b in mine[:number])
+        elapsed = time.perf_counter() - started
+        eta = elapsed / so_far * (total - so_far)
+        logging.info("%d/%d sets done, %.0fs elapsed, ETA %.0fs", so_far, total, elapsed, eta)
+    failed = sum(r["status"] == "failed" for r in records)
+    resumed = sum(bool(r.get("resumed")) for r in records)
+    logging.info("%d sets done (%d from before), %d failed", len(records) - failed, resumed, failed)
+    write_report(report, {**run_info(w, config), "process": process, "sets": records})
+    if failed:
+        raise SemfuseError(f"{failed} of {len(records)} sets failed (see the log)")
+    return records
+
+
+def _fuse_members(
+    w: weights.Weights | None,
+    network: classifier.Network | None,
+    config: fusion.FusionConfig,
+    members: list[tuple[str, list[Path], Path, tuple[int, int, int]]],
+    failure: Any,
+) -> list[Record]:
+    """Load and fuse one planned batch; a set that cannot be read or written is a failure."""
+    loaded, done = [], []
+    for set_name, inputs, output, _ in members:
+        try:
+            images = fusion.stack_set([files.load_image(p) for p in inputs])
+            bits = max(files.bit_depth(p) for p in inputs)
+            loaded.append((set_name, images, output, bits))
+        except SemfuseError as exc:
+            done.append(failure(set_name, exc))
+    for group in fusion.group_batches([images.shape for _, images, _, _ in loaded], len(loaded)):
+        names, sets, outputs, bits = map(list, zip(*(loaded[i] for i in group), strict=True))
+        try:
+            fused, _ = fuse_and_save(w, network, config, names, sets, outputs, bits)
+            done += [{**r, "status": "done"} for r in fused]
+        except SemfuseError as exc:  # e.g. an output that turned unwritable: record, go on
+            done += [failure(n, exc) for n in names]
+    return done

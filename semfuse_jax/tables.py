@@ -1,0 +1,149 @@
+"""Tables: fusing many sets with many methods, scoring each written file, and writing the results.
+
+:func:`run_table` fuses every ``DOMAIN/SET`` folder with every configuration (same-size sets
+batched), scores the file it wrote (:func:`score`), and writes ``table.csv/.md/.json`` (best per
+set and column in bold), ``summary.csv/.md`` (per-domain means) and
+``fused/METHOD/DOMAIN__SET.png``. The JSON keeps every configuration whole.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from absl import logging
+
+from semfuse_jax import files, fusion, metrics, weights
+from semfuse_jax.errors import SemfuseError
+
+TABLE_FILES = ("table.csv", "table.json", "table.md", "summary.csv", "summary.md")
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
+
+
+def score(inputs: np.ndarray, fused: np.ndarray) -> dict[str, float]:
+    """All metrics of one set: ``[N, H, W, C]`` inputs and ``[H, W, C]`` result in ``[0, 1]``."""
+    values = metrics.compute_all(metrics.luminance_255(inputs), metrics.luminance_255(fused))
+    return {name: float(values[name]) for name in metrics.NAMES}
+
+
+def find_sets(root: Path, wanted: Sequence[str] | None) -> list[tuple[str, str, list[Path]]]:
+    """``(domain, set, image paths)`` for each set folder with at least two images."""
+    if not root.is_dir():
+        raise SemfuseError(f"table folder {root} does not exist")
+    folders = [root / s for s in wanted] if wanted else sorted(root.glob("*/*"))
+    found = []
+    for folder in folders:
+        if not folder.is_dir():
+            raise SemfuseError(f"set folder {folder} does not exist")
+        images = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if len(images) >= 2:
+            found.append((folder.parent.name, folder.name, images))
+    if not found:
+        raise SemfuseError(f"no set folders with two or more images under {root}")
+    return found
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def bold_best(records: list[dict], key_fields: list[str]) -> list[list[str]]:
+    """Rows of ``key_fields`` + metrics with the best value per column (highest) in bold."""
+    best = {m: max(r[m] for r in records) for m in metrics.NAMES}
+    return [
+        [str(r[k]) for k in key_fields]
+        + [f"**{r[m]:.4f}**" if r[m] == best[m] else f"{r[m]:.4f}" for m in metrics.NAMES]
+        for r in records
+    ]
+
+
+def write_table(out: Path, records: list[dict], settings: dict) -> None:
+    """table.csv/.md/.json and the per-domain summary.csv/.md."""
+    fields = ["domain", "set", "method", *metrics.NAMES]
+    with files.atomic_path(out / "table.csv") as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fields, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(records)
+    table = {"settings": settings, "rows": records}
+    files.write_text(out / "table.json", json.dumps(table, indent=2))
+    parts = []
+    for domain, name in dict.fromkeys((r["domain"], r["set"]) for r in records):
+        rows = [r for r in records if (r["domain"], r["set"]) == (domain, name)]
+        parts.append(
+            f"### {domain}/{name}\n\n"
+            + markdown_table(["method", *metrics.NAMES], bold_best(rows, ["method"]))
+        )
+    files.write_text(out / "table.md", "\n\n".join(parts) + "\n")
+    summary = []
+    for domain in dict.fromkeys(r["domain"] for r in records):
+        for method in dict.fromkeys(r["method"] for r in records):
+            rows = [r for r in records if r["domain"] == domain and r["method"] == method]
+            means = {m: float(np.mean([r[m] for r in rows])) for m in metrics.NAMES}
+            summary.append({"domain": domain, "method": method, "sets": len(rows), **means})
+    with files.atomic_path(out / "summary.csv") as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, ["domain", "method", "sets", *metrics.NAMES])
+        writer.writeheader()
+        writer.writerows(summary)
+    blocks = []
+    for domain in dict.fromkeys(r["domain"] for r in summary):
+        rows = [r for r in summary if r["domain"] == domain]
+        blocks.append(
+            f"### {domain} (mean of {rows[0]['sets']} sets)\n\n"
+            + markdown_table(["method", *metrics.NAMES], bold_best(rows, ["method"]))
+        )
+    files.write_text(out / "summary.md", "\n\n".join(blocks) + "\n")
+
+
+def run_table(
+    root: str | Path,
+    configs: Sequence[fusion.FusionConfig],
+    out: str | Path,
+    *,
+    sets: Sequence[str] | None = None,
+    weights_file: str | None = None,
+    batch_size: int = 8,
+    overwrite: bool = False,
+) -> list[dict]:
+    """Fuse every set under ``root`` (or the ``DOMAIN/SET`` folders ``sets``) with every
+    configuration, score the written files, write the tables into ``out``; return the rows."""
+    out = Path(out)
+    if not configs:
+        raise SemfuseError("no methods to run; name at least one")
+    found = find_sets(Path(root), sets)
+    fused_path = {
+        (c.method, domain, name): out / "fused" / c.method / f"{domain}__{name}.png"
+        for c in configs
+        for domain, name, _ in found
+    }
+    try:
+        for folder in dict.fromkeys(p.parent for p in fused_path.values()):
+            folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SemfuseError(f"cannot create the folders of {out}: {exc.strerror}") from None
+    read = [p for *_, paths in found for p in paths] + [Path(p) for p in [weights_file] if p]
+    files.check_outputs([*(out / f for f in TABLE_FILES), *fused_path.values()], read, overwrite)
+    images = [fusion.stack_set([files.load_image(p) for p in paths]) for _, _, paths in found]
+    needed = tuple(dict.fromkeys(o for c in configs for o in c.required_outputs))
+    w = weights.load_weights(weights_file, outputs=needed) if needed else None
+    records = []
+    for config in configs:
+        for batch in fusion.group_batches([s.shape for s in images], batch_size):
+            logging.info("%s: %s", config.method, ", ".join(found[i][1] for i in batch))
+            result = fusion.fuse(w, np.stack([images[i] for i in batch]), config)
+            for b, i in enumerate(batch):
+                domain, name, paths = found[i]
+                path = fused_path[config.method, domain, name]
+                files.save_image(path, result.fused[b], max(files.bit_depth(p) for p in paths))
+                record = {"domain": domain, "set": name, "method": config.method}
+                record["steps"] = result.steps
+                if result.best_epoch is not None:  # FM4: the epoch its result comes from
+                    record["kept_epoch"] = int(result.best_epoch[b])
+                records.append(record | score(images[i], files.load_image(path)))  # the file
+    settings = {"methods": [c.method for c in configs], "configs": [c.to_dict() for c in configs]}
+    write_table(out, records, settings)
+    return records
