@@ -41,7 +41,7 @@ import numpy as np
 from semfuse_jax import torch_file
 from semfuse_jax.errors import SemfuseError
 from semfuse_jax.files import atomic_path
-from semfuse_jax.weights import (
+from semfuse_jax.weightfiles import (
     Preprocessing,
     cache_dir,
     content_digest,

@@ -34,7 +34,7 @@ import optax
 from absl import logging
 
 import semfuse_jax
-from semfuse_jax import classifier, files, fm4, fusion, weights
+from semfuse_jax import classifier, files, fm4, fusion, weightfiles, weights
 from semfuse_jax.errors import SemfuseError
 from semfuse_jax.figure import contact_sheet
 
@@ -104,7 +104,7 @@ def run_info(w: weights.Weights | None, config: fusion.FusionConfig) -> Record:
         "method": config.method,
         "config": config.to_dict(),  # semfuse-fuse --config=<this report> re-runs it
         "weights": None if w is None else w.source,
-        "weights_sha256": weights.file_digests(source)["sha256"]
+        "weights_sha256": weightfiles.file_digests(source)["sha256"]
         if source is not None and source.is_file()
         else None,
         "versions": {

@@ -114,7 +114,7 @@ class VGG19(nn.Module):
         """Run the network on a preprocessed batch.
 
         Args:
-          x: ``[B, H, W, 3]`` network input (already preprocessed, see ``weights.preprocess``).
+          x: ``[B, H, W, 3]`` network input (already preprocessed, see ``weightfiles.preprocess``).
           outputs: names to return (see the module docstring).
           taps: optional ``{name: array}`` added to the named activations as they are computed;
             the gradient of anything with respect to a zero tap is the gradient with respect to

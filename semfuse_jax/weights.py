@@ -19,13 +19,10 @@ Imports (all also readable directly by :func:`load_weights`):
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import json
 import os
 import urllib.error
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +34,17 @@ import numpy as np
 from semfuse_jax import torch_file, vgg19
 from semfuse_jax.errors import SemfuseError
 from semfuse_jax.files import atomic_path, check_outputs
+from semfuse_jax.weightfiles import (
+    Params,
+    Preprocessing,
+    cache_dir,
+    content_digest,
+    file_digests,
+    manifest,
+    preprocess,
+    read_safetensors,
+    verify_known_source,
+)
 
 FORMAT = "semfuse_jax.vgg19/1"
 DEFAULT_FILENAME = "vgg19.safetensors"
@@ -64,55 +72,9 @@ BUILTIN_ATTRIBUTION = (
     "Keras Applications release of those weights"
 )
 
-Params = dict[str, dict[str, Any]]
-
-
-@dataclasses.dataclass(frozen=True)
-class Preprocessing:
-    """How an RGB image in ``[0, 1]`` becomes network input: ``(x·scale)[order] − mean) / std``.
-
-    Attributes:
-      channel_order: ``"RGB"`` or ``"BGR"`` (the order the first conv's input channels expect).
-      scale: multiplier applied to ``[0, 1]`` pixels (1 for torchvision, 255 for Keras/Caffe).
-      mean: per-channel mean, in ``channel_order``.
-      std: per-channel standard deviation, in ``channel_order``.
-    """
-
-    channel_order: str
-    scale: float
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-
-    def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self))
-
-    @classmethod
-    def from_json(cls, text: str) -> Preprocessing:
-        try:
-            d = json.loads(text)
-            prep = cls(
-                str(d["channel_order"]),
-                float(d["scale"]),
-                tuple(float(x) for x in d["mean"]),
-                tuple(float(x) for x in d["std"]),
-            )
-        except (ValueError, KeyError, TypeError) as exc:
-            raise SemfuseError(f"invalid preprocessing metadata {text!r} ({exc})") from None
-        if prep.channel_order not in ("RGB", "BGR") or len(prep.mean) != 3 or len(prep.std) != 3:
-            raise SemfuseError(f"invalid preprocessing metadata {text!r}")
-        return prep
-
 
 TORCHVISION_PREPROCESSING = Preprocessing("RGB", 1.0, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 CAFFE_PREPROCESSING = Preprocessing("BGR", 255.0, (103.939, 116.779, 123.68), (1.0, 1.0, 1.0))
-
-
-def preprocess(images: jax.Array, prep: Preprocessing) -> jax.Array:
-    """Map RGB images in ``[0, 1]``, ``[..., H, W, 3]``, to the network input the weights expect."""
-    x = images * prep.scale
-    if prep.channel_order == "BGR":
-        x = x[..., ::-1]
-    return (x - jnp.asarray(prep.mean, x.dtype)) / jnp.asarray(prep.std, x.dtype)
 
 
 @flax.struct.dataclass
@@ -275,18 +237,6 @@ def read_keras_h5(path: Path) -> Params:
 # ----------------------------------------------------------------------------- canonical file
 
 
-def content_digest(params: Params, order: Sequence[str] = vgg19.PARAM_LAYERS) -> str:
-    """SHA-256 over layer names, shapes and float32 bytes, in the layer order ``order``."""
-    h = hashlib.sha256()
-    for layer in order:
-        for part in ("kernel", "bias"):
-            if layer in params:
-                value = np.ascontiguousarray(params[layer][part], np.float32)
-                h.update(f"{layer}.{part}{value.shape}".encode())
-                h.update(value.tobytes())
-    return h.hexdigest()
-
-
 def save_canonical(
     path: str | os.PathLike[str],
     params: Params,
@@ -305,7 +255,7 @@ def save_canonical(
         "format": FORMAT,
         "preprocessing": preprocessing.to_json(),
         "layers": ",".join(layer for layer in vgg19.PARAM_LAYERS if layer in params),
-        "content_sha256": content_digest(params),
+        "content_sha256": content_digest(params, vgg19.PARAM_LAYERS),
         "source": source,
         "source_sha256": source_sha256,
         **(extra or {}),
@@ -317,67 +267,10 @@ def save_canonical(
         raise SemfuseError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
-def read_safetensors(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    from safetensors import SafetensorError, safe_open
-
-    try:
-        with safe_open(path, framework="numpy") as f:
-            names = list(f.keys())
-            return {k: f.get_tensor(k) for k in names}, dict(f.metadata() or {})
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise SemfuseError(f"weights {path}: unreadable safetensors file ({exc})") from None
-
-
 # ----------------------------------------------------------------------------- manifest
 
 
-def manifest() -> dict[str, dict[str, Any]]:
-    """Known weight sources (``weights/manifest.json``): name → url, filename, digests, format."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here / "manifest.json", here.parent / "weights" / "manifest.json"):
-        if candidate.is_file():
-            return json.loads(candidate.read_text())["sources"]
-    raise SemfuseError("weights manifest not found (broken installation)")
-
-
-def file_digests(path: Path) -> dict[str, str]:
-    """SHA-256 and MD5 of a file's bytes."""
-    sha, md5 = hashlib.sha256(), hashlib.md5()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            sha.update(chunk)
-            md5.update(chunk)
-    return {"sha256": sha.hexdigest(), "md5": md5.hexdigest()}
-
-
-def verify_known_source(path: Path, entry: Mapping[str, Any], digests: Mapping[str, str]) -> None:
-    """Compare a file's digests with every digest the manifest pins for it."""
-    checks = [
-        ("sha256", entry.get("sha256"), digests["sha256"]),
-        (
-            "sha256 prefix",
-            entry.get("sha256_prefix"),
-            digests["sha256"][: len(entry.get("sha256_prefix") or "")],
-        ),
-        ("md5", entry.get("md5"), digests["md5"]),
-    ]
-    for kind, expected, actual in checks:
-        if expected and expected != actual:
-            raise SemfuseError(
-                f"weights {path}: {kind} {actual} does not match the pinned {expected}; "
-                "the file is corrupt or not the published one"
-            )
-
-
 # ----------------------------------------------------------------------------- loading
-
-
-def cache_dir() -> Path:
-    """Per-user cache: ``$SEMFUSE_CACHE``, else ``${XDG_CACHE_HOME:-~/.cache}/semfuse_jax``."""
-    if os.environ.get("SEMFUSE_CACHE"):
-        return Path(os.environ["SEMFUSE_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "semfuse_jax"
 
 
 def resolve_path(path: str | os.PathLike[str] | None = None) -> Path:
@@ -443,7 +336,7 @@ def read_any(
                 layer, _, part = key.partition(".")
                 params.setdefault(layer, {})[part] = value
             params = validate_params(params, str(path))
-            if content_digest(params) != meta.get("content_sha256"):
+            if content_digest(params, vgg19.PARAM_LAYERS) != meta.get("content_sha256"):
                 raise SemfuseError(
                     f"weights {path}: tensor contents do not match the file's content_sha256; "
                     "the file is corrupt"
@@ -522,7 +415,7 @@ def describe(path: str | os.PathLike[str]) -> dict[str, str]:
         "missing": ",".join(layer for layer in vgg19.PARAM_LAYERS if layer not in params),
         "preprocessing": prep.to_json(),
         "file_sha256": file_digests(path)["sha256"],
-        "content_sha256": content_digest(params),
+        "content_sha256": content_digest(params, vgg19.PARAM_LAYERS),
         "source": info["source"],
         "source_sha256": info["source_sha256"],
     }

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from conftest import assert_trees_all_close
 
-from semfuse_jax import vgg19, weights
+from semfuse_jax import vgg19, weightfiles, weights
 from semfuse_jax.errors import SemfuseError
 
 
@@ -26,7 +26,7 @@ def test_canonical_round_trip_keeps_params_preprocessing_and_provenance(
     assert info["format"] == weights.FORMAT
     assert info["layers"].split(",") == list(vgg19.PARAM_LAYERS)
     assert info["missing"] == ""
-    assert info["source_sha256"] == weights.file_digests(pth_file)["sha256"]
+    assert info["source_sha256"] == weightfiles.file_digests(pth_file)["sha256"]
     loaded = weights.load_weights(full_weights_file)
     assert loaded.preprocessing == weights.TORCHVISION_PREPROCESSING
     direct = weights.load_weights(pth_file)
@@ -44,7 +44,7 @@ def test_real_partial_file_converts_and_keeps_caffe_preprocessing(real_weights_f
     info = weights.convert(real_weights_file, out)
     assert info["layers"] == ",".join(vgg19.CONV_LAYERS[:8])
     assert json.loads(info["preprocessing"])["channel_order"] == "BGR"
-    assert info["source_sha256"] == weights.manifest()["keras_block1-3"]["sha256"]
+    assert info["source_sha256"] == weightfiles.manifest()["keras_block1-3"]["sha256"]
     loaded = weights.load_weights(out, outputs=("conv3_4",))
     assert loaded.preprocessing == weights.CAFFE_PREPROCESSING
 
@@ -163,13 +163,13 @@ def test_builtin_conv1_1_is_the_imagenet_layer_with_attribution(real_weights):
             np.asarray(builtin.params["conv1_1"][part]),
             np.asarray(real_weights.params["conv1_1"][part]),
         )
-    _, meta = weights.read_safetensors(weights.BUILTIN_FILE)
+    _, meta = weightfiles.read_safetensors(weights.BUILTIN_FILE)
     assert meta["license"] == "CC BY 4.0" and "Simonyan" in meta["attribution"]
-    assert meta["source_sha256"] == weights.manifest()["keras_block1-3"]["sha256"]
+    assert meta["source_sha256"] == weightfiles.manifest()["keras_block1-3"]["sha256"]
 
 
 def _fake_manifest(monkeypatch, entry: dict) -> None:
-    real = weights.manifest()
+    real = weightfiles.manifest()
     monkeypatch.setattr(weights, "manifest", lambda: {**real, "test_source": entry})
 
 
@@ -177,7 +177,7 @@ def test_download_verifies_and_converts(real_weights_file, tmp_path, monkeypatch
     entry = {
         "url": real_weights_file.resolve().as_uri(),
         "filename": "downloaded.h5",
-        "sha256": weights.file_digests(real_weights_file)["sha256"],
+        "sha256": weightfiles.file_digests(real_weights_file)["sha256"],
     }
     _fake_manifest(monkeypatch, entry)
     out = weights.download("test_source", tmp_path)
@@ -253,8 +253,8 @@ def test_features_match_between_weights_and_vgg19_apply(real_weights):
     x = jnp.linspace(0, 1, 2 * 10 * 12 * 3).reshape(2, 10, 12, 3)
     via_weights = real_weights.features(x, ("conv2_1",))["conv2_1"]
     by_hand = vgg19.apply(
-        real_weights.params, weights.preprocess(x, weights.CAFFE_PREPROCESSING), ("conv2_1",)
+        real_weights.params, weightfiles.preprocess(x, weights.CAFFE_PREPROCESSING), ("conv2_1",)
     )["conv2_1"]
     np.testing.assert_array_equal(np.asarray(via_weights), np.asarray(by_hand))
-    bgr = weights.preprocess(x, weights.CAFFE_PREPROCESSING)
+    bgr = weightfiles.preprocess(x, weights.CAFFE_PREPROCESSING)
     np.testing.assert_allclose(bgr[..., 0], x[..., 2] * 255 - 103.939, rtol=1e-6, atol=1e-4)

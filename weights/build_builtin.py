@@ -13,15 +13,15 @@ from pathlib import Path
 
 from absl import app, flags
 
-from semfuse_jax import weights
+from semfuse_jax import weightfiles, weights
 
 _SRC = flags.DEFINE_string("src", None, "The Keras VGG19 blocks 1-3 .h5 extract.", required=True)
 
 
 def main(argv: list[str]) -> None:
     src = Path(_SRC.value)
-    entry = weights.manifest()["keras_block1-3"]
-    digest = weights.file_digests(src)["sha256"]
+    entry = weightfiles.manifest()["keras_block1-3"]
+    digest = weightfiles.file_digests(src)["sha256"]
     if digest != entry["sha256"]:
         raise SystemExit(f"{src}: sha256 {digest} is not the pinned {entry['sha256']}")
     params, prep, _ = weights.read_any(src)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from absl import flags
 
-from semfuse_jax import weights
+from semfuse_jax import weightfiles, weights
 from semfuse_jax.cli import run_guarded
 from semfuse_jax.errors import SemfuseError
 
@@ -44,14 +44,14 @@ def main(argv: Sequence[str]) -> int:
         raise SemfuseError(f"give one command: {' | '.join(COMMANDS)} (see --help)")
     command = argv[1]
     if command == "list":
-        sources = weights.manifest()
+        sources = weightfiles.manifest()
         if _JSON.value:
             print(json.dumps(sources, indent=2))
         else:
             for name, entry in sources.items():
                 url = entry["url"] or "(no public URL)"
                 print(f"{name:15s} {entry['layers']:18s} {entry['format']:17s} {url}")
-            print(f"cache: {weights.cache_dir()}")
+            print(f"cache: {weightfiles.cache_dir()}")
     elif command == "info":
         _print(weights.describe(weights.resolve_path(_PATH.value)))
     elif command == "convert":
