@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from semfuse_jax import cam, classifier, fm4, methods
+from semfuse_jax import cam, classifier, colour, fm4, methods
 from semfuse_jax.errors import SemfuseError
 from semfuse_jax.optimise import BATCHING, FAST, GRADIENTS, SOLVERS, Schedule, optimise
 from semfuse_jax.weights import Weights, load_weights
@@ -56,6 +56,10 @@ class FusionConfig:
       batching: ``auto``, ``vmap`` or ``map``: how the sets of a batch share an epoch
         (``semfuse_jax.optimise.sets_per_chunk``).
       seed: PRNG seed for ``init_noise``.
+      colour: ``rgb`` (fuse R, G, B), ``luminance`` (fuse the luminance, keep the chroma of the
+        most colourful input per pixel) or ``auto`` (luminance for sets that mix grey and colour
+        inputs, else RGB); None: the method's default (:attr:`semfuse_jax.methods.Method.colour`;
+        FM4 and FM5 ``auto``, the paper's methods and the classical baselines ``rgb``).
     """
 
     method: str = "fm0"
@@ -72,6 +76,7 @@ class FusionConfig:
     compute_dtype: str = "float32"
     gradient: str = "auto"
     batching: str = "auto"
+    colour: str | None = None
 
     def __post_init__(self) -> None:
         methods.get(self.method)  # a known name
@@ -92,6 +97,8 @@ class FusionConfig:
         if self.target_class is not None and not 0 <= self.target_class < 1000:
             raise SemfuseError("target_class must be an ImageNet class index 0..999")
         classifier.resolve(self.classifier, None)  # a known name
+        if self.colour is not None and self.colour not in colour.COLOUR_MODES:
+            raise SemfuseError(f"colour must be one of {', '.join(colour.COLOUR_MODES)}")
         if self.gradient not in GRADIENTS or self.batching not in BATCHING:
             raise SemfuseError(
                 f"gradient must be one of {', '.join(GRADIENTS)}; "
@@ -122,6 +129,11 @@ class FusionConfig:
     def spec(self) -> methods.Method:
         """The registered method this configuration runs."""
         return methods.get(self.method)
+
+    @property
+    def colour_mode(self) -> str:
+        """``colour``, or the method's default when it is None."""
+        return self.colour or self.spec.colour
 
     @property
     def uses_cam(self) -> bool:
@@ -283,6 +295,71 @@ def fuse(
 ) -> FusionResult:
     """Fuse a batch of image sets with ``config.method``.
 
+    Colour sets are fused in RGB or, per ``config.colour_mode`` (:mod:`semfuse_jax.colour`), as
+    luminance with the chroma kept; a batch holding both kinds is fused as two batches.
+
+    Args: see :func:`fuse_planes`.
+    """
+    images = np.asarray(images, np.float32)
+    if images.ndim != 5 or images.shape[1] < 2 or images.shape[-1] not in (1, 3):
+        raise SemfuseError(f"expected [B, N>=2, H, W, 1|3] images, got shape {images.shape}")
+    luminance = colour.use_luminance(config.colour_mode, images)
+    if not luminance.any():
+        return fuse_planes(weights, images, config, progress, network)
+    if not luminance.all():
+        parts = [
+            (np.flatnonzero(~luminance), dataclasses.replace(config, colour="rgb")),
+            (np.flatnonzero(luminance), dataclasses.replace(config, colour="luminance")),
+        ]
+        results = [fuse(weights, images[i], c, progress, network) for i, c in parts]
+        return _merge([i for i, _ in parts], results)
+    ycbcr = colour.to_ycbcr(jnp.asarray(images))
+    result = fuse_planes(weights, np.asarray(ycbcr[..., :1]), config, progress, network)
+    chroma = colour.chroma_of_strongest(ycbcr[..., 1:])
+    return dataclasses.replace(
+        result,
+        fused=np.asarray(colour.combine(jnp.asarray(result.fused), chroma)),
+        average=np.mean(images, axis=1),
+    )
+
+
+def _merge(indices: Sequence[np.ndarray], results: Sequence[FusionResult]) -> FusionResult:
+    """One result from results of disjoint parts of a batch (``indices``: each part's sets)."""
+    order = np.argsort(np.concatenate(indices))
+
+    def join(name: str, axis: int) -> np.ndarray | None:
+        values = [getattr(r, name) for r in results]
+        if any(v is None for v in values):
+            return None
+        if axis == 1:  # histories may differ in length (early stops): repeat the last epoch
+            length = max(len(v) for v in values)
+            values = [np.concatenate([v, np.repeat(v[-1:], length - len(v), 0)]) for v in values]
+        return np.take(np.concatenate(values, axis=axis), order, axis=axis)
+
+    return FusionResult(
+        fused=join("fused", 0),
+        average=join("average", 0),
+        loss_history=join("loss_history", 1),
+        steps=max(r.steps for r in results),
+        compile_seconds=sum(r.compile_seconds for r in results),
+        optimise_seconds=sum(r.optimise_seconds for r in results),
+        probabilities=join("probabilities", 0),
+        mixing=join("mixing", 0),
+        quality_history=join("quality_history", 1),
+        best_epoch=join("best_epoch", 0),
+    )
+
+
+def fuse_planes(
+    weights: Weights | None,
+    images: np.ndarray,
+    config: FusionConfig,
+    progress: Callable[[int, int, np.ndarray, float], None] | None = None,
+    network: classifier.Network | None = None,
+) -> FusionResult:
+    """Fuse a batch of image sets with ``config.method`` on the planes given (grey, RGB, or the
+    luminance of a colour-true fusion), with no colour handling.
+
     Args:
       weights: VGG19 weights holding the layers ``config.required_outputs`` need; None loads
         the default ones (``weights.load_weights()``: ``$SEMFUSE_WEIGHTS``, the cache's file,
@@ -295,8 +372,6 @@ def fuse(
     """
     spec = config.spec
     images = jnp.asarray(images, jnp.float32)
-    if images.ndim != 5 or images.shape[1] < 2 or images.shape[-1] not in (1, 3):
-        raise SemfuseError(f"expected [B, N>=2, H, W, 1|3] images, got shape {images.shape}")
     average = np.asarray(jnp.mean(images, axis=1))
     if spec.combine is not None:
         return FusionResult(fused=np.asarray(spec.combine(images), np.float32), average=average)

@@ -89,6 +89,9 @@ class Method:
         weighted) → [h, w, c]``; its weights are the start's choice, else the CAM maps.
       start: an optimisation's start image ``[N, H, W, C] → ([H, W, C], choice | None)``.
       quality_stop: keep the epoch with the best Q_E / Petrovic Q^{AB/F} (:func:`fm4.quality`).
+      colour: the default of ``FusionConfig.colour`` (:mod:`semfuse_jax.colour`): ``rgb`` (the
+        paper's methods and the classical baselines fuse R, G, B), ``auto`` (luminance + chroma
+        for sets mixing grey and colour inputs) or ``luminance``.
     """
 
     name: str
@@ -100,6 +103,7 @@ class Method:
     target: Target | None = None
     start: Start = average_start
     quality_stop: bool = False
+    colour: str = "rgb"
 
     @property
     def optimised(self) -> bool:
@@ -119,14 +123,19 @@ REGISTRY: dict[str, Method] = {
         Method("fm3", "Grad-CAM mixing weights applied to the input pixels (no optimisation)",
                "paper", maps="product", mix=cam_mix),
         Method("fm4", "activity-guided pyramid start, activity-blended target, quality stop",
-               "semfuse_jax", target=activity_target, start=fm4.start, quality_stop=True),
+               "semfuse_jax", target=activity_target, start=fm4.start, quality_stop=True,
+               colour="auto"),
         Method("fm5", "each pixel from the input with the highest Grad-CAM map, pyramid-blended",
-               "semfuse_jax", maps="mean", mix=semantic_blend),
+               "semfuse_jax", maps="mean", mix=semantic_blend, colour="auto"),
         Method("average", "pixel mean of the inputs", "baseline", combine=baselines.average),
         Method("max", "pixel maximum of the inputs", "baseline", combine=baselines.maximum),
         Method("dwt", "3-level db2 wavelet choose-max", "baseline", combine=baselines.dwt),
         Method("laplacian", "4-level Laplacian pyramid choose-max", "baseline",
                combine=baselines.laplacian),
+        Method("ycbcr", "Laplacian pyramid on luminance, chroma of the most colourful input",
+               "baseline", combine=baselines.laplacian, colour="luminance"),
+        Method("mertens", "exposure fusion (Mertens et al. 2007): contrast, saturation and "
+               "well-exposedness weights in a pyramid", "baseline", combine=baselines.mertens),
     )
 }  # fmt: skip
 NAMES: tuple[str, ...] = tuple(REGISTRY)

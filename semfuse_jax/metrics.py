@@ -24,7 +24,10 @@ Definitions (N-input forms reduce to the usual two-input ones):
   gradient, mean of sqrt((Δx² + Δy²)/2) over the (H−1)(W−1) forward differences; ``mi`` Shannon
   mutual information Σ_i MI(I_i, F) in bits (256 bins; pixels rounded to integers); ``ssim`` mean
   over inputs of SSIM(I_i, F) (Wang 2004: 11×11 Gaussian, σ = 1.5, K1 = 0.01, K2 = 0.03, L = 255,
-  'valid' windows).
+  'valid' windows); ``mef_ssim`` MEF-SSIM (Ma, Zeng & Wang 2015, :func:`mef_ssim_jit`);
+  ``overshoot`` the share of pixels outside the inputs' local 3×3 range by more than 5 grey
+  levels (:func:`overshoot_jit`; lower is better).
+- ``chroma_error`` (colour sets, on RGB, not luminance): :func:`chroma_error`.
 
 Sobel kernels are [1 2 1; 0 0 0; −1 −2 −1]/8 and its transpose, 'same' size with zero padding.
 """
@@ -38,6 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from semfuse_jax.colour import YCBCR
 from semfuse_jax.errors import SemfuseError
 
 WINDOW = 8
@@ -55,7 +59,10 @@ NAMES: tuple[str, ...] = (
     "ag",
     "mi",
     "ssim",
+    "mef_ssim",
+    "overshoot",
 )
+LOWER_IS_BETTER: frozenset[str] = frozenset({"overshoot", "chroma_error"})
 _TINY = 64 * np.finfo(np.float64).eps
 
 
@@ -303,6 +310,8 @@ def all_metrics_jit(sources: jax.Array, fused: jax.Array) -> dict[str, jax.Array
         "ag": ag_jit(fused),
         "mi": mi_jit(sources, fused),
         "ssim": ssim_jit(sources, fused),
+        "mef_ssim": mef_ssim_jit(sources, fused),
+        "overshoot": overshoot_jit(sources, fused),
     }
 
 
@@ -350,3 +359,124 @@ en = _public(en_jit, needs_sources=False)
 sd = _public(sd_jit, needs_sources=False)
 sf = _public(sf_jit, needs_sources=False)
 ag = _public(ag_jit, needs_sources=False)
+
+
+# ----------------------------------------------------------------------------- beyond luminance
+
+MEF_SCALE_WEIGHTS = (0.0448, 0.2856, 0.3001)  # Ma, Zeng & Wang 2015 (from MS-SSIM), normalised
+MEF_POWER = 4.0  # the exponent p of the structure weights ||x_k − μ_k||^p
+OVERSHOOT_TOLERANCE = 5.0  # grey levels (of 255) beyond the inputs' local range
+
+
+def _gaussian_filter(v: jax.Array) -> jax.Array:
+    """11×11 Gaussian (σ = 1.5) window means over the last two axes, 'valid'."""
+    window = jnp.asarray(_gaussian_window(), v.dtype)
+    flat = v.reshape(-1, 1, *v.shape[-2:])
+    out = lax.conv_general_dilated(
+        flat, window[None, None], (1, 1), "VALID", precision=lax.Precision.HIGHEST
+    )
+    return out.reshape(*v.shape[:-2], *out.shape[-2:])
+
+
+def _mef_ssim_scale(sources: jax.Array, fused: jax.Array) -> jax.Array:
+    """Single-scale MEF-SSIM: mean over windows of S(x̂, y) (see :func:`mef_ssim_jit`)."""
+    c2 = (0.03 * 255) ** 2
+    mu = _gaussian_filter(sources)  # [..., N, h, w]
+    mu_y = _gaussian_filter(fused)
+    pair = sources[..., :, None, :, :] * sources[..., None, :, :, :]
+    cov = _gaussian_filter(pair) - mu[..., :, None, :, :] * mu[..., None, :, :, :]  # [.., N, N]
+    cov_y = _gaussian_filter(sources * fused[..., None, :, :]) - mu * mu_y[..., None, :, :]
+    var_y = jnp.maximum(_gaussian_filter(fused * fused) - mu_y * mu_y, 0.0)
+    contrast = jnp.sqrt(jnp.maximum(jnp.diagonal(cov, axis1=-4, axis2=-3), 0.0))  # [.., h, w, N]
+    contrast = jnp.moveaxis(contrast, -1, -3)  # [..., N, h, w]
+    desired = jnp.max(contrast, axis=-3)  # ĉ: the highest contrast of the inputs
+    # s̄ = Σ_k w_k s_k with w_k = c_k^p and s_k = (x_k − μ_k)/c_k, so s̄ = Σ_k a_k (x_k − μ_k)
+    # with a_k = c_k^(p−1); its squared norm and its covariance with y follow from the
+    # windows' second moments, without building patches.
+    a = contrast ** (MEF_POWER - 1.0)
+    norm2 = jnp.einsum("...khw,...klhw,...lhw->...hw", a, cov, a)
+    cross = jnp.sum(a * cov_y, axis=-3)
+    ok = norm2 > _TINY
+    cov_desired = jnp.where(ok, desired * cross / jnp.sqrt(jnp.where(ok, norm2, 1.0)), 0.0)
+    var_desired = jnp.where(ok, desired * desired, 0.0)
+    q = (2.0 * cov_desired + c2) / (var_desired + var_y + c2)
+    return jnp.mean(q, axis=(-2, -1))
+
+
+def _halve(x: jax.Array) -> jax.Array:
+    """2×2 mean then every second pixel (MS-SSIM's downsampling)."""
+    h, w = (x.shape[-2] // 2) * 2, (x.shape[-1] // 2) * 2
+    x = x[..., :h, :w]
+    return 0.25 * (x[..., ::2, ::2] + x[..., 1::2, ::2] + x[..., ::2, 1::2] + x[..., 1::2, 1::2])
+
+
+def mef_ssim_jit(sources: jax.Array, fused: jax.Array) -> jax.Array:
+    """MEF-SSIM (Ma, Zeng & Wang, IEEE TIP 2015): per 11×11 Gaussian window, the desired patch
+    has the highest contrast of the inputs and the contrast-weighted (``||x_k − μ_k||^4``) mean
+    of their unit structures; its SSIM structure term with the fused patch (C = (0.03·255)²) is
+    averaged, per scale, and 3 scales (2×2 mean downsampling) are combined as
+    ``Π q_l^{β_l}`` with β ∝ (0.0448, 0.2856, 0.3001); fewer scales when the image is small."""
+    weights, scores = [], []
+    for beta in MEF_SCALE_WEIGHTS:
+        if min(fused.shape[-2:]) < 11:
+            break
+        weights.append(beta)
+        scores.append(jnp.maximum(_mef_ssim_scale(sources, fused), 0.0))
+        sources, fused = _halve(sources), _halve(fused)
+    total = sum(weights)
+    return jnp.prod(jnp.stack([s ** (w / total) for s, w in zip(scores, weights, strict=True)]), 0)
+
+
+def overshoot_jit(
+    sources: jax.Array, fused: jax.Array, tolerance: float = OVERSHOOT_TOLERANCE
+) -> jax.Array:
+    """Share of pixels whose fused value leaves the [min, max] range of all inputs over their
+    3×3 neighbourhood by more than ``tolerance`` grey levels: halos and ringing (lower is
+    better; 0 for any pixel-wise convex combination of the inputs)."""
+    dims = (1,) * (sources.ndim - 2) + (3, 3)
+    strides = (1,) * sources.ndim
+    low = lax.reduce_window(
+        jnp.min(sources, axis=-3), jnp.inf, lax.min, dims[1:], strides[1:], "SAME"
+    )
+    high = lax.reduce_window(
+        jnp.max(sources, axis=-3), -jnp.inf, lax.max, dims[1:], strides[1:], "SAME"
+    )
+    outside = (fused < low - tolerance) | (fused > high + tolerance)
+    return jnp.mean(outside.astype(fused.dtype), axis=(-2, -1))
+
+
+def ycbcr_255(image: np.ndarray) -> np.ndarray:
+    """BT.601 full-range (JPEG) Y, Cb, Cr on 0–255 of RGB ``[..., 3]`` in ``[0, 1]``."""
+    rgb = np.asarray(image, np.float64) * 255.0
+    return rgb @ YCBCR.T + np.array([0.0, 128.0, 128.0])
+
+
+CHROMA_SUPPORT = 5.0  # grey levels of chroma (|Cb − 128|, |Cr − 128| combined) that count as colour
+
+
+def chroma_error(images: np.ndarray, fused: np.ndarray) -> float:
+    """Chroma fidelity of a fusion of colour inputs: the mean over both chroma channels of
+    ``|Cb_F − Cb_ref|`` and ``|Cr_F − Cr_ref|`` (grey levels of 255, lower is better) over the
+    colour inputs' support, the pixels where some input's chroma magnitude
+    ``sqrt((Cb − 128)² + (Cr − 128)²)`` exceeds :data:`CHROMA_SUPPORT`; the reference is the
+    input with the largest chroma magnitude there.
+
+    ``images`` ``[N, H, W, C]`` and ``fused`` ``[H, W, C]`` in ``[0, 1]``; NaN for grey sets or
+    when no pixel has colour.
+    """
+    images, fused = np.asarray(images), np.asarray(fused)
+    if images.shape[-1] != 3 or fused.shape[-1] != 3:
+        return float("nan")
+    chroma = ycbcr_255(images)[..., 1:] - 128.0  # [N, H, W, 2]
+    magnitude = np.linalg.norm(chroma, axis=-1)
+    strongest = np.argmax(magnitude, axis=0)
+    reference = np.take_along_axis(chroma, strongest[None, ..., None], axis=0)[0]
+    support = np.max(magnitude, axis=0) > CHROMA_SUPPORT
+    if not support.any():
+        return float("nan")
+    error = np.abs(ycbcr_255(fused)[..., 1:] - 128.0 - reference).mean(axis=-1)
+    return float(error[support].mean())
+
+
+mef_ssim = _public(mef_ssim_jit)
+overshoot = _public(overshoot_jit)

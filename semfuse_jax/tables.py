@@ -23,10 +23,22 @@ TABLE_FILES = ("table.csv", "table.json", "table.md", "summary.csv", "summary.md
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 
 
-def score(inputs: np.ndarray, fused: np.ndarray) -> dict[str, float]:
-    """All metrics of one set: ``[N, H, W, C]`` inputs and ``[H, W, C]`` result in ``[0, 1]``."""
+COLUMNS: tuple[str, ...] = (*metrics.NAMES, "chroma_error")
+
+
+def score(inputs: np.ndarray, fused: np.ndarray) -> dict[str, float | None]:
+    """Every column of :data:`COLUMNS` for one set: ``[N, H, W, C]`` inputs and ``[H, W, C]``
+    result in ``[0, 1]``; ``chroma_error`` is None for sets without colour."""
     values = metrics.compute_all(metrics.luminance_255(inputs), metrics.luminance_255(fused))
-    return {name: float(values[name]) for name in metrics.NAMES}
+    chroma = metrics.chroma_error(inputs, fused)
+    return {name: float(values[name]) for name in metrics.NAMES} | {
+        "chroma_error": None if np.isnan(chroma) else chroma
+    }
+
+
+def _mean(values: Sequence[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return float(np.mean(present)) if present else None
 
 
 def find_sets(root: Path, wanted: Sequence[str] | None) -> list[tuple[str, str, list[Path]]]:
@@ -53,18 +65,25 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def bold_best(records: list[dict], key_fields: list[str]) -> list[list[str]]:
-    """Rows of ``key_fields`` + metrics with the best value per column (highest) in bold."""
-    best = {m: max(r[m] for r in records) for m in metrics.NAMES}
-    return [
-        [str(r[k]) for k in key_fields]
-        + [f"**{r[m]:.4f}**" if r[m] == best[m] else f"{r[m]:.4f}" for m in metrics.NAMES]
-        for r in records
-    ]
+    """Rows of ``key_fields`` + columns with the best value per column in bold (the highest, or
+    the lowest for :data:`semfuse_jax.metrics.LOWER_IS_BETTER`); a missing value is ``–``."""
+    best = {}
+    for m in COLUMNS:
+        present = [r[m] for r in records if r.get(m) is not None]
+        pick = min if m in metrics.LOWER_IS_BETTER else max
+        best[m] = pick(present) if present else None
+
+    def cell(value: float | None, m: str) -> str:
+        if value is None:
+            return "–"
+        return f"**{value:.4f}**" if value == best[m] else f"{value:.4f}"
+
+    return [[str(r[k]) for k in key_fields] + [cell(r.get(m), m) for m in COLUMNS] for r in records]
 
 
 def write_table(out: Path, records: list[dict], settings: dict) -> None:
     """table.csv/.md/.json and the per-domain summary.csv/.md."""
-    fields = ["domain", "set", "method", *metrics.NAMES]
+    fields = ["domain", "set", "method", *COLUMNS]
     with files.atomic_path(out / "table.csv") as tmp, open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fields, extrasaction="ignore")
         writer.writeheader()
@@ -76,17 +95,17 @@ def write_table(out: Path, records: list[dict], settings: dict) -> None:
         rows = [r for r in records if (r["domain"], r["set"]) == (domain, name)]
         parts.append(
             f"### {domain}/{name}\n\n"
-            + markdown_table(["method", *metrics.NAMES], bold_best(rows, ["method"]))
+            + markdown_table(["method", *COLUMNS], bold_best(rows, ["method"]))
         )
     files.write_text(out / "table.md", "\n\n".join(parts) + "\n")
     summary = []
     for domain in dict.fromkeys(r["domain"] for r in records):
         for method in dict.fromkeys(r["method"] for r in records):
             rows = [r for r in records if r["domain"] == domain and r["method"] == method]
-            means = {m: float(np.mean([r[m] for r in rows])) for m in metrics.NAMES}
+            means = {m: _mean([r.get(m) for r in rows]) for m in COLUMNS}
             summary.append({"domain": domain, "method": method, "sets": len(rows), **means})
     with files.atomic_path(out / "summary.csv") as tmp, open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, ["domain", "method", "sets", *metrics.NAMES])
+        writer = csv.DictWriter(f, ["domain", "method", "sets", *COLUMNS])
         writer.writeheader()
         writer.writerows(summary)
     blocks = []
@@ -94,7 +113,7 @@ def write_table(out: Path, records: list[dict], settings: dict) -> None:
         rows = [r for r in summary if r["domain"] == domain]
         blocks.append(
             f"### {domain} (mean of {rows[0]['sets']} sets)\n\n"
-            + markdown_table(["method", *metrics.NAMES], bold_best(rows, ["method"]))
+            + markdown_table(["method", *COLUMNS], bold_best(rows, ["method"]))
         )
     files.write_text(out / "summary.md", "\n\n".join(blocks) + "\n")
 

@@ -1,6 +1,7 @@
 """semfuse-eval: score a fusion, or fuse and score many sets with many methods (Table 1 style).
 
-Score one result (all metrics; JSON keys q0, qw, qe, qabf, qabf_petrovic, en, sd, sf, ag, mi, ssim):
+Score one result (all metrics; JSON keys q0, qw, qe, qabf, qabf_petrovic, en, sd, sf, ag, mi, ssim,
+mef_ssim, overshoot, chroma_error; the last is null for sets without colour):
   semfuse-eval --inputs=A.png,B.png --fused=F.png [--json]
 Table mode: every set folder ``DOMAIN/SET`` under ``--table`` (or those named by ``--sets``), fused
 with every ``--methods`` entry (same-size sets batched), scored, and written to ``--output_dir`` as
@@ -45,7 +46,7 @@ def score_one() -> int:
         print(json.dumps(values, indent=2))
     else:
         for name, value in values.items():
-            print(f"{name:14s} {value:.6f}")
+            print(f"{name:14s} {'–' if value is None else f'{value:.6f}'}")
     return 0
 
 

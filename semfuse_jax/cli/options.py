@@ -8,7 +8,7 @@ from pathlib import Path
 
 from absl import flags
 
-from semfuse_jax import classifier, fusion, optimise, runs
+from semfuse_jax import classifier, colour, fusion, optimise, runs
 from semfuse_jax.errors import SemfuseError
 from semfuse_jax.optimise import Schedule
 
@@ -61,6 +61,14 @@ BATCHING = flags.DEFINE_enum(
 )
 MAX_MEMORY = flags.DEFINE_float(
     "max_memory_gb", None, "Refuse sets estimated to need more (default: 80% of physical memory)."
+)
+COLOUR = flags.DEFINE_enum(
+    "colour",
+    None,
+    list(colour.COLOUR_MODES),
+    "Colour sets: rgb (fuse R, G, B), luminance (fuse the luminance, keep the chroma of the most "
+    "colourful input), auto (luminance when a set mixes grey and colour inputs); default: the "
+    "method's own (auto for fm4/fm5/ycbcr-style colour-true methods, else rgb).",
 )
 FM2_TARGET = flags.DEFINE_enum(
     "fm2_target", "original", ["original", "weighted"], "FM2 target values."
@@ -122,6 +130,7 @@ def config_from_flags(method: str | None) -> fusion.FusionConfig:
         compute_dtype=COMPUTE_DTYPE.value,
         gradient=GRADIENT.value,
         batching=BATCHING.value,
+        colour=COLOUR.value,
     )
 
 
