@@ -8,7 +8,7 @@
   quality is kept (Q_E and Petrovic Q^{AB/F}, neither worse: :func:`quality`). Its result
   therefore often *is* the start image (``best_epoch`` 0): reports say which epoch was kept.
 
-``benchmarks/fm4_experiment.py`` and ``benchmarks/RESULTS.md`` show why each part is there.
+``benchmarks/quality.py`` and ``benchmarks/RESULTS.md`` show why each part is there.
 """
 
 from __future__ import annotations

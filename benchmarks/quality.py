@@ -1,0 +1,202 @@
+"""Fusion quality on every set of the shared data: FM4 against FM0, FM1 and the classical
+baselines, with the checks FM4 is held to.
+
+Each method runs through :func:`semfuse_jax.tables.run_table` (one run per method, kept in
+``--out/methods/LABEL`` and reused while its settings match; ``--rerun=fm4,...`` reruns). A label
+is a method name, optionally with a colour mode (``fm4:rgb`` is FM4 fusing R, G, B, as it did
+before colour-true fusion). The rows are merged into one table (``--out/table.md``,
+``summary.md``: every metric, per set and per-domain means) and FM4 is checked
+(``quality_checks.json`` / ``.md``):
+
+- every domain: FM4's mean Q_E and Petrovic Q^{AB/F} ≥ the best of the Laplacian pyramid and the
+  pixel maximum, and ≥ FM0's, no set more than 0.01 below FM0;
+- multi-modal domains (medical, medical_colour, ir_visible): FM4 ≥ the pixel maximum on Petrovic
+  Q^{AB/F} as a domain mean and on at least 4 sets of 5;
+- every domain: FM4's overshoot share ≤ the Laplacian pyramid's;
+- sets mixing grey and colour inputs: FM4's chroma error ≤ the YCbCr baseline's and ≤ a third of
+  ``fm4:rgb``'s;
+- multi-exposure: FM4's MEF-SSIM ≥ Mertens exposure fusion's.
+
+  python benchmarks/quality.py --weights=../shared/weights/vgg19_imagenet_keras_block1-3.h5
+
+``--ablations`` also scores FM4's start with its settings changed one at a time. FM0, FM1 and
+FM4 use ``--solver=fast`` by default (the paper's 10,000-step schedule on all sets would take
+hours on a CPU; the fast solver reaches its loss to within 1 %).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from absl import app, flags
+from tables import save
+
+from semfuse_jax import files, fm4, fusion, tables
+from semfuse_jax.tables import find_sets, score, write_table
+
+_DATA = flags.DEFINE_string("data", "../shared/data", "Root of DOMAIN/SET folders.")
+_OUT = flags.DEFINE_string("out", "benchmarks/out/quality", "Output folder.")
+_RUN = flags.DEFINE_list(
+    "run",
+    ["average", "max", "dwt", "laplacian", "ycbcr", "mertens", "fm0", "fm1", "fm4", "fm4:rgb"],
+    "Labels to run: METHOD or METHOD:COLOUR.",
+)
+_SOLVER = flags.DEFINE_enum("solver", "fast", ["adam", "fast"], "Solver of FM0, FM1 and FM4.")
+_WEIGHTS = flags.DEFINE_string("weights", None, "VGG19 weights file (default: as semfuse-fuse).")
+_ABLATIONS = flags.DEFINE_bool(
+    "ablations", False, "Also score FM4's pyramid start alone, and with changed settings."
+)
+_RERUN = flags.DEFINE_list("rerun", [], "Labels to run again even if their tables exist.")
+
+CHECKED = ("qe", "qabf_petrovic")
+BASELINE_BAR = ("laplacian", "max")
+PAIR_SLACK = 0.01
+MULTI_MODAL = ("medical", "medical_colour", "ir_visible")
+
+
+def config_of(label: str) -> fusion.FusionConfig:
+    method, _, colour = label.partition(":")
+    return fusion.FusionConfig(method=method, solver=_SOLVER.value, colour=colour or None)
+
+
+def method_rows(label: str, out: Path) -> list[dict]:
+    """Rows of ``label`` from its own table run (run now unless one with the same settings is
+    kept in ``out/methods/LABEL``)."""
+    folder = out / "methods" / label.replace(":", "_")
+    table = folder / "table.json"
+    config = config_of(label)
+    kept = json.loads(table.read_text())["settings"]["configs"][0] if table.exists() else None
+    if label in _RERUN.value or kept != config.to_dict():
+        tables.run_table(_DATA.value, [config], folder, weights_file=_WEIGHTS.value, overwrite=True)
+    return [row | {"method": label} for row in json.loads(table.read_text())["rows"]]
+
+
+ABLATIONS: dict[str, dict[str, int | None]] = {  # name → activity_pyramid settings
+    "fm4_start": {},
+    "fm4_start_hard_seams": {"smooth": 0},
+    "fm4_start_no_window": {"radius": 0},
+    "fm4_start_mean_base": {"base_radius": None},
+    "fm4_start_3_levels": {"levels": 3},
+    "fm4_start_5_levels": {"levels": 5},
+}
+
+
+def ablation_rows() -> list[dict]:
+    """FM4's start (the activity pyramid, no refinement) with its settings changed one at a
+    time, scored like the methods."""
+    rows = []
+    for domain, name, paths in find_sets(Path(_DATA.value), None):
+        images = fusion.stack_set([files.load_image(p) for p in paths])
+        for label, settings in ABLATIONS.items():
+            fused = np.asarray(fm4.activity_pyramid(images, **settings)[0])
+            rows.append({"domain": domain, "set": name, "method": label, "steps": 0})
+            rows[-1] |= score(images, fused)
+    return rows
+
+
+def by_set(records: list[dict], domain: str, label: str) -> dict[str, dict]:
+    return {r["set"]: r for r in records if r["domain"] == domain and r["method"] == label}
+
+
+def check(name: str, domain: str, ok: bool, detail: str) -> dict:
+    return {"check": name, "domain": domain, "pass": bool(ok), "detail": detail}
+
+
+def checks(records: list[dict]) -> list[dict]:
+    """Every check of the module docstring that the labels run allow, per domain."""
+    labels = {r["method"] for r in records}
+    rows = []
+    for domain in dict.fromkeys(r["domain"] for r in records):
+        fm4_rows = by_set(records, domain, "fm4")
+        if not fm4_rows:
+            continue
+
+        def mean(label: str, metric: str, domain: str = domain) -> float:
+            values = [r[metric] for r in by_set(records, domain, label).values()]
+            values = [v for v in values if v is not None]
+            return float(np.mean(values)) if values else float("nan")
+
+        if {"fm0", *BASELINE_BAR} <= labels:
+            for metric in CHECKED:
+                best = max(BASELINE_BAR, key=lambda m: mean(m, metric))
+                fm0_rows = by_set(records, domain, "fm0")
+                gaps = {s: fm4_rows[s][metric] - fm0_rows[s][metric] for s in fm4_rows}
+                worst = min(gaps, key=gaps.get)
+                ok = (
+                    mean("fm4", metric) >= mean(best, metric)
+                    and mean("fm4", metric) >= mean("fm0", metric)
+                    and gaps[worst] >= -PAIR_SLACK
+                )
+                detail = (
+                    f"FM4 {mean('fm4', metric):.4f}, FM0 {mean('fm0', metric):.4f}, "
+                    f"{best} {mean(best, metric):.4f}; worst set {worst} {gaps[worst]:+.4f} vs FM0"
+                )
+                rows.append(check(f"{metric} lead", domain, ok, detail))
+        if domain in MULTI_MODAL and "max" in labels:
+            maximum = by_set(records, domain, "max")
+            wins = sum(
+                fm4_rows[s]["qabf_petrovic"] >= maximum[s]["qabf_petrovic"] for s in fm4_rows
+            )
+            ok = mean("fm4", "qabf_petrovic") >= mean("max", "qabf_petrovic") and wins >= 0.8 * len(
+                fm4_rows
+            )
+            detail = (
+                f"FM4 {mean('fm4', 'qabf_petrovic'):.4f} vs max {mean('max', 'qabf_petrovic'):.4f}"
+                f"; FM4 ≥ max on {wins}/{len(fm4_rows)} sets"
+            )
+            rows.append(check("bright structures (Petrovic vs max)", domain, ok, detail))
+        if "laplacian" in labels:
+            ours, theirs = mean("fm4", "overshoot"), mean("laplacian", "overshoot")
+            detail = f"FM4 {ours:.4f} vs Laplacian {theirs:.4f}"
+            rows.append(check("overshoot ≤ Laplacian", domain, ours <= theirs, detail))
+        coloured = [s for s, r in fm4_rows.items() if r.get("chroma_error") is not None]
+        mixed = [s for s in coloured if _mixes_grey_and_colour(domain, s)]
+        if mixed and {"ycbcr", "fm4:rgb"} <= labels:
+            ycbcr, before = by_set(records, domain, "ycbcr"), by_set(records, domain, "fm4:rgb")
+            ours = float(np.mean([fm4_rows[s]["chroma_error"] for s in mixed]))
+            base = float(np.mean([ycbcr[s]["chroma_error"] for s in mixed]))
+            old = float(np.mean([before[s]["chroma_error"] for s in mixed]))
+            ok = ours <= base and ours <= old / 3
+            detail = (
+                f"{len(mixed)} grey+colour sets: FM4 {ours:.2f}, YCbCr {base:.2f}, "
+                f"FM4 in RGB {old:.2f} grey levels"
+            )
+            rows.append(check("chroma error", domain, ok, detail))
+        if domain == "multi_exposure" and "mertens" in labels:
+            ours, theirs = mean("fm4", "mef_ssim"), mean("mertens", "mef_ssim")
+            detail = f"FM4 {ours:.4f} vs Mertens {theirs:.4f}"
+            rows.append(check("MEF-SSIM ≥ Mertens", domain, ours >= theirs, detail))
+    return rows
+
+
+def _mixes_grey_and_colour(domain: str, name: str) -> bool:
+    folder = Path(_DATA.value) / domain / name
+    paths = [p for p in sorted(folder.iterdir()) if p.suffix.lower() in tables.IMAGE_SUFFIXES]
+    kinds = {files.load_image(p).shape[-1] for p in paths}
+    return kinds == {1, 3}
+
+
+def main(argv: Sequence[str]) -> None:
+    del argv
+    out = Path(_OUT.value)
+    records = [row for label in _RUN.value for row in method_rows(label, out)]
+    if _ABLATIONS.value:
+        records += ablation_rows()
+    write_table(out, records, {"labels": _RUN.value, "solver": _SOLVER.value})
+    print((out / "summary.md").read_text())
+    rows = checks(records)
+    lines = ["| check | domain | pass | detail |", "|---|---|---|---|"]
+    lines += [
+        f"| {r['check']} | {r['domain']} | {'yes' if r['pass'] else 'NO'} | {r['detail']} |"
+        for r in rows
+    ]
+    passed = all(r["pass"] for r in rows)
+    save(out, "quality_checks", {"rows": rows, "passed": passed}, lines)
+    print("all checks passed" if passed else "some checks FAILED")
+
+
+if __name__ == "__main__":
+    app.run(main)
