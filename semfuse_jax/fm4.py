@@ -4,6 +4,10 @@
   the coarsest level come from the input with more local band energy, with soft seams.
 - **Target**: the inputs' VGG19 features blended with the same activity choice
   (:func:`semfuse_jax.rules.blend` of the finest band's winner map).
+- **Range**: every Adam step is projected onto the inputs' local range (:func:`local_range`: per
+  pixel and channel, the min and max of all inputs over its 3×3 neighbourhood), so FM4 makes no
+  new extremes: no halos or ringing beside strong edges (its overshoot measure is 0 by
+  construction).
 - **Stopping**: Adam runs the schedule; per set the last epoch that improved source-referenced
   quality is kept (Q_E and Petrovic Q^{AB/F}, neither worse: :func:`quality`). Its result
   therefore often *is* the start image (``best_epoch`` 0): reports say which epoch was kept.
@@ -19,6 +23,7 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 from semfuse_jax import metrics, rules
 from semfuse_jax.pyramid import expand, laplacian_pyramid
@@ -69,6 +74,15 @@ def start(images: jax.Array) -> tuple[jax.Array, jax.Array]:
     weights ``[N, H, W]``: the finest band's local winner, a hard choice)."""
     init, energy = activity_pyramid(images)
     return init, rules.activity_weights(energy, 1, 0)
+
+
+def local_range(images: jax.Array, radius: int = 1) -> tuple[jax.Array, jax.Array]:
+    """Per pixel and channel, the min and max of all inputs of one set ``[N, H, W, C]`` over the
+    ``(2·radius+1)²`` neighbourhood (cut at the border): ``(low, high)``, each ``[H, W, C]``."""
+    size = (2 * radius + 1, 2 * radius + 1, 1)
+    low = lax.reduce_window(jnp.min(images, 0), jnp.inf, lax.min, size, (1, 1, 1), "SAME")
+    high = lax.reduce_window(jnp.max(images, 0), -jnp.inf, lax.max, size, (1, 1, 1), "SAME")
+    return low, high
 
 
 def quality(images: np.ndarray) -> Callable[[np.ndarray], np.ndarray] | None:

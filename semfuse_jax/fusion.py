@@ -402,7 +402,9 @@ def fuse_planes(
     )
     if config.init_noise > 0:
         noise = set_noise(config.seed, np.asarray(images), init.shape[1:]) * config.init_noise
-        init = jnp.clip(init + noise / 255.0, 0.0, 1.0)
+        init = init + noise / 255.0
+    bounds = None if spec.bounds is None else per_set(spec.bounds, images)
+    init = jnp.clip(init, *(bounds or (0.0, 1.0)))
     result = optimise(
         weights,
         init,
@@ -413,6 +415,7 @@ def fuse_planes(
         fm4.quality(np.asarray(images)) if spec.quality_stop else None,
         config.gradient,
         config.batching,
+        None if bounds is None else tuple(np.asarray(b) for b in bounds),
     )
     return FusionResult(
         fused=result.images,

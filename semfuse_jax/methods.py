@@ -89,6 +89,8 @@ class Method:
         weighted) → [h, w, c]``; its weights are the start's choice, else the CAM maps.
       start: an optimisation's start image ``[N, H, W, C] → ([H, W, C], choice | None)``.
       quality_stop: keep the epoch with the best Q_E / Petrovic Q^{AB/F} (:func:`fm4.quality`).
+      bounds: an optimisation's per-pixel box ``[N, H, W, C] → (low, high)`` (each ``[H, W, C]``)
+        that the start and every Adam step are projected onto; None: ``[0, 1]``.
       colour: the default of ``FusionConfig.colour`` (:mod:`semfuse_jax.colour`): ``rgb`` (the
         paper's methods and the classical baselines fuse R, G, B), ``auto`` (luminance + chroma
         for sets mixing grey and colour inputs) or ``luminance``.
@@ -103,6 +105,7 @@ class Method:
     target: Target | None = None
     start: Start = average_start
     quality_stop: bool = False
+    bounds: Callable[[jax.Array], tuple[jax.Array, jax.Array]] | None = None
     colour: str = "rgb"
 
     @property
@@ -124,7 +127,7 @@ REGISTRY: dict[str, Method] = {
                "paper", maps="product", mix=cam_mix),
         Method("fm4", "activity-guided pyramid start, activity-blended target, quality stop",
                "semfuse_jax", target=activity_target, start=fm4.start, quality_stop=True,
-               colour="auto"),
+               bounds=fm4.local_range, colour="auto"),
         Method("fm5", "each pixel from the input with the highest Grad-CAM map, pyramid-blended",
                "semfuse_jax", maps="mean", mix=semantic_blend, colour="auto"),
         Method("average", "pixel mean of the inputs", "baseline", combine=baselines.average),

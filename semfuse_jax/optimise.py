@@ -319,22 +319,33 @@ def optimizer(schedule: Schedule) -> optax.GradientTransformation:
     )
 
 
-def project(image: jax.Array) -> jax.Array:
-    """The box projection onto valid pixels ``[0, 1]``."""
-    return optax.projections.projection_box(image, 0.0, 1.0)
+Bounds = tuple[jax.Array | float, jax.Array | float]
+UNIT_BOX: Bounds = (0.0, 1.0)
+
+
+def project(image: jax.Array, bounds: Bounds = UNIT_BOX) -> jax.Array:
+    """The box projection onto ``bounds`` = (low, high): scalars (valid pixels, ``[0, 1]``) or
+    per-pixel arrays shaped like ``image`` inside ``[0, 1]``."""
+    return optax.projections.projection_box(image, *bounds)
 
 
 def run_steps(
-    objective: Any, image: jax.Array, state: Any, steps: int, schedule: Schedule
+    objective: Any,
+    image: jax.Array,
+    state: Any,
+    steps: int,
+    schedule: Schedule,
+    bounds: Bounds = UNIT_BOX,
 ) -> tuple[jax.Array, Any]:
     """``steps`` projected Adam steps of one set: ``image`` ``[H, W, C]`` and the optimiser
-    ``state`` in, both updated out (a ``lax.scan``; jittable and vmappable)."""
+    ``state`` in, both updated out (a ``lax.scan``; jittable and vmappable). Every step is
+    projected onto ``bounds`` (see :func:`project`)."""
     adam = optimizer(schedule)
 
     def step(carry: tuple[jax.Array, Any], _: None) -> tuple[tuple[jax.Array, Any], None]:
         x, s = carry
         updates, s = adam.update(objective.gradient(x), s, x)
-        return (project(optax.apply_updates(x, updates)), s), None
+        return (project(optax.apply_updates(x, updates), bounds), s), None
 
     (image, state), _ = jax.lax.scan(
         step, (image, state), None, length=steps, unroll=schedule.unroll
@@ -342,7 +353,9 @@ def run_steps(
     return image, state
 
 
-def solve(objective: Any, init: jax.Array, schedule: Schedule) -> jax.Array:
+def solve(
+    objective: Any, init: jax.Array, schedule: Schedule, bounds: Bounds = UNIT_BOX
+) -> jax.Array:
     """The whole schedule (``epochs × iters`` steps, no early stopping) for one set.
 
     A pure function: ``jax.jit(solve, static_argnames="schedule")`` and ``jax.vmap`` over sets
@@ -350,10 +363,12 @@ def solve(objective: Any, init: jax.Array, schedule: Schedule) -> jax.Array:
 
     Args:
       objective: a per-set :class:`NetworkObjective` or :class:`QuadraticObjective`.
-      init: ``[H, W, C]`` initial image in ``[0, 1]``.
+      init: ``[H, W, C]`` initial image inside ``bounds``.
+      bounds: the box every step is projected onto (:func:`project`).
     """
     state = optimizer(schedule).init(init)
-    return run_steps(objective, init, state, schedule.epochs * schedule.iters, schedule)[0]
+    steps = schedule.epochs * schedule.iters
+    return run_steps(objective, init, state, steps, schedule, bounds)[0]
 
 
 @partial(
@@ -363,24 +378,26 @@ def _epoch(
     objective: Any,
     images: jax.Array,
     states: Any,
+    bounds: tuple[jax.Array, jax.Array],
     schedule: Schedule,
     sets_per_chunk: int | None,
 ) -> tuple[jax.Array, Any]:
     """One epoch of every set of a batch: vmapped, or mapped in chunks of ``sets_per_chunk``."""
     axes = objective.batch_axes()
 
-    def one(obj: Any, image: jax.Array, state: Any) -> tuple[jax.Array, Any]:
-        return run_steps(obj, image, state, schedule.iters, schedule)
+    def one(obj: Any, image: jax.Array, state: Any, box: Bounds) -> tuple[jax.Array, Any]:
+        return run_steps(obj, image, state, schedule.iters, schedule, box)
 
     if sets_per_chunk is None:
-        return jax.vmap(one, in_axes=(axes, 0, 0))(objective, images, states)
+        return jax.vmap(one, in_axes=(axes, 0, 0, 0))(objective, images, states, bounds)
 
     def set_number(i: jax.Array) -> tuple[jax.Array, Any]:
         def pick(axis: int | None, part: Any) -> Any:
             return part if axis is None else jax.tree.map(lambda leaf: leaf[i], part)
 
         own = jax.tree.map(pick, axes, objective, is_leaf=lambda x: x is None)
-        return one(own, images[i], jax.tree.map(lambda leaf: leaf[i], states))
+        box = jax.tree.map(lambda leaf: leaf[i], bounds)
+        return one(own, images[i], jax.tree.map(lambda leaf: leaf[i], states), box)
 
     return jax.lax.map(set_number, jnp.arange(images.shape[0]), batch_size=sets_per_chunk)
 
@@ -432,6 +449,7 @@ def optimise(
     quality: Callable[[np.ndarray], np.ndarray] | None = None,
     gradient: str = "auto",
     batching: str = "auto",
+    bounds: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> OptimiseResult:
     """Run the Adam schedule on a batch, split over the local devices (see ``sharding``).
 
@@ -454,13 +472,22 @@ def optimise(
         every set has stopped (early stopping on quality instead of on the loss).
       gradient: ``auto``, ``quadratic`` or ``network`` (see :func:`choose_gradient`).
       batching: ``auto``, ``vmap`` or ``map`` (see :func:`sets_per_chunk`).
+      bounds: per-pixel ``(low, high)``, each ``[B, H, W, C]`` within ``[0, 1]`` and holding
+        ``init``, that every step is projected onto; None: ``[0, 1]``.
     """
     mesh = sharding.batch_mesh()
-    (init, targets), batch = sharding.pad_batch(
-        (np.asarray(init, np.float32), {k: np.asarray(v, np.float32) for k, v in targets.items()}),
+    init = np.asarray(init, np.float32)
+    if bounds is None:
+        bounds = (np.zeros_like(init), np.ones_like(init))
+    (init, targets, bounds), batch = sharding.pad_batch(
+        (
+            init,
+            {k: np.asarray(v, np.float32) for k, v in targets.items()},
+            tuple(np.asarray(b, np.float32) for b in bounds),
+        ),
         mesh.size,
     )
-    images, targets = sharding.shard_batch((init, targets), mesh)  # fresh buffers: donated below
+    images, targets, bounds = sharding.shard_batch((init, targets, bounds), mesh)
     weights = sharding.replicate(weights, mesh)
     how = choose_gradient(gradient, tuple(targets), dtype)
     compiled_before = COMPILES.snapshot()
@@ -492,7 +519,7 @@ def optimise(
     start = time.perf_counter()
     epochs_run = 0
     for e in range(schedule.epochs):
-        images, states = _epoch(objective, images, states, schedule, chunk)
+        images, states = _epoch(objective, images, states, bounds, schedule, chunk)
         history.append(np.asarray(batch_loss(weights, images, targets))[:batch])
         epochs_run = e + 1
         if progress is not None:

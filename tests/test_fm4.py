@@ -109,8 +109,11 @@ def test_fm4_keeps_an_iterate_no_worse_than_its_start_on_either_metric(real_weig
         history = result.quality_history[:, 0]  # [E + 1, 2]
         best = int(result.best_epoch[0])
         np.testing.assert_allclose(quality(images, result.fused)[0], history[best], rtol=1e-6)
-        start = np.asarray(fm4.activity_pyramid(jnp.asarray(images[0]))[0])[None]
+        pyramid = fm4.activity_pyramid(jnp.asarray(images[0]))[0]
+        start = np.asarray(jnp.clip(pyramid, *fm4.local_range(jnp.asarray(images[0]))))[None]
         np.testing.assert_allclose(quality(images, start)[0], history[0], rtol=1e-6)
+        low, high = (np.asarray(b) for b in fm4.local_range(jnp.asarray(images[0])))
+        assert np.all(result.fused[0] >= low) and np.all(result.fused[0] <= high)  # no new extremes
         assert np.all(history[best] >= history[0])
     # on the CT/MR crop the target is far from the start: the loss falls every epoch and the
     # refinement is kept because it beats the pyramid start

@@ -188,4 +188,4 @@ def test_config_round_trips_through_json():
     again = fusion.FusionConfig.from_dict(json.loads(config.to_json()))
     assert again == config
     with pytest.raises(SemfuseError, match="not a fusion configuration"):
-        fusion.FusionConfig.from_dict({"method": "fm0", "colour": "blue"})
+        fusion.FusionConfig.from_dict({"method": "fm0", "color": "blue"})
