@@ -17,6 +17,12 @@ jax.config.update("jax_default_matmul_precision", "highest")
 REPO = Path(__file__).resolve().parent.parent
 SHARED_WEIGHTS_FILE = "vgg19_imagenet_keras_block1-3.h5"
 
+try:  # torch is the independent reference of the cross-checks; the other tests need none
+    import torch
+except ImportError:
+    torch = None
+needs_torch = pytest.mark.skipif(torch is None, reason="needs torch (the reference)")
+
 
 def _shared_dir(variable: str, default: Path) -> Path:
     """A shared folder from ``variable`` (set by .ci/run); missing is a failure in CI."""

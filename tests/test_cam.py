@@ -9,11 +9,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import rel_err
+from conftest import needs_torch, rel_err, torch
 
 from semfuse_jax import cam, weights
 
-torch = pytest.importorskip("torch")
 RELU_INDEX = {"conv3_4": 17, "conv4_4": 26, "conv5_4": 35}  # torchvision features.N after the conv
 
 
@@ -51,6 +50,7 @@ def _torch_grad_cam(model, x: np.ndarray, class_weights: np.ndarray, size) -> di
     return maps, logits.detach().numpy()
 
 
+@needs_torch
 @pytest.mark.parametrize("top_k", [1, 3])
 def test_grad_cam_matches_torch_on_every_layer(torch_vgg19, full_weights, top_k):
     """Both sides in float64: ReLU and max-pool make the gradient piecewise, so float32 runs of

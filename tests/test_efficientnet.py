@@ -10,14 +10,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import rel_err
+from conftest import needs_torch, rel_err, torch
 from PIL import Image
 
 from semfuse_jax import cam, classifier, efficientnet, torch_file
 from semfuse_jax.errors import SemfuseError
 
-torch = pytest.importorskip("torch")
-from torch_lite import TorchLite0, random_state  # noqa: E402  (needs torch)
+if torch is not None:  # the independent reference model
+    from torch_lite import TorchLite0, random_state
 
 OUTPUTS = ("stem", *(f"block{i}" for i in range(16)), "head", "logits")
 
@@ -37,6 +37,7 @@ def lite0_state() -> dict[str, np.ndarray]:
     return torch_file.load_state_dict(efficientnet.package_file("efficientnet_lite0"))
 
 
+@needs_torch
 @pytest.mark.parametrize("which", ["random", "real"])
 def test_flax_lite0_equals_torch_on_every_stage(which, lite0_state):
     state = random_state(1) if which == "random" else lite0_state
@@ -132,6 +133,7 @@ def test_preprocessing_matches_the_first_batch_norm_statistics(lite0_state, phot
     )
 
 
+@needs_torch
 def test_grad_cam_on_lite_matches_torch_autograd_in_float64(lite0_state):
     layers = classifier.LITE_CAM_LAYERS
     torch_names = {"stage6": "block14", "stage7": "block15", "head": "head"}

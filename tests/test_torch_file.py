@@ -13,11 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import needs_torch, torch
 
 from semfuse_jax import torch_file
 from semfuse_jax.errors import SemfuseError
-
-torch = pytest.importorskip("torch")
 
 
 def _tensors() -> dict:
@@ -36,6 +35,7 @@ def _tensors() -> dict:
     }
 
 
+@needs_torch
 @pytest.mark.parametrize("zip_format", [True, False])
 def test_reader_equals_torch_on_both_formats(tmp_path, zip_format):
     tensors = _tensors()
@@ -98,6 +98,7 @@ def test_whitelisted_objects_cannot_be_altered_by_the_pickle(tmp_path):
     assert torch_file.SAFE_GLOBALS["torch", "FloatStorage"].dtype == np.dtype("<f4")
 
 
+@needs_torch
 def test_truncated_and_foreign_files_give_one_line_errors(tmp_path):
     path = tmp_path / "t.pth"
     torch.save({"w": torch.randn(100)}, path, _use_new_zipfile_serialization=False)

@@ -7,13 +7,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import rel_err
+from conftest import needs_torch, rel_err, torch
 from PIL import Image
 
 from semfuse_jax import vgg19, weights
 from semfuse_jax.errors import MissingLayersError, SemfuseError
 
-torch = pytest.importorskip("torch")
 TORCH_CONV_INDEX = (0, 2, 5, 7, 10, 12, 14, 16, 19, 21, 23, 25, 28, 30, 32, 34)
 
 
@@ -46,6 +45,7 @@ def _flax_outputs(params, network_input) -> dict[str, np.ndarray]:
     return {k: np.asarray(v) for k, v in result.items()}
 
 
+@needs_torch
 def test_torchvision_import_matches_torch_on_every_conv_and_logits(
     pth_file, torch_outputs, network_input
 ):
@@ -68,6 +68,7 @@ def _timm_state(torch_state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return state
 
 
+@needs_torch
 def test_timm_safetensors_import_matches_torch(torch_state, torch_outputs, network_input, tmp_path):
     from safetensors.numpy import save_file
 
@@ -116,6 +117,7 @@ def write_keras_h5(path, torch_state: dict[str, np.ndarray], with_top: bool = Tr
                 group.create_dataset(f"{name}/{w}", data=value)
 
 
+@needs_torch
 def test_keras_h5_import_matches_torch(torch_state, torch_outputs, network_input, tmp_path):
     path = tmp_path / "vgg19_random_keras.h5"
     write_keras_h5(path, torch_state)
@@ -126,6 +128,7 @@ def test_keras_h5_import_matches_torch(torch_state, torch_outputs, network_input
     assert rel_err(ours["conv1_1"], torch_outputs["conv1_1"]) < 1e-4
 
 
+@needs_torch
 @pytest.mark.parametrize("size", [1, 3, 5, 7, 10, 13, 14, 23])
 def test_adaptive_pool_matrix_matches_torch(size):
     x = np.random.default_rng(size).normal(size=(1, 2, size, size + 3)).astype(np.float32)
