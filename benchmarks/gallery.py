@@ -4,8 +4,8 @@ both from the files and numbers of a ``quality.py`` run.
 For one set per domain, a crop (``--crop`` pixels, shown 1:1) where the inputs differ most is cut
 from each input, the average, the best classical baseline of that domain (by mean Q_E), FM0 and
 FM4; each caption carries the method and the Q_E of the whole fused file. The table names, per
-domain, the best method by mean Q_E, Petrovic Q^{AB/F}, overshoot and (where it applies)
-chroma error and MEF-SSIM.
+domain, the best method by mean Q_E, Q_W, Petrovic Q^{AB/F}, SSIM and (where they apply) chroma
+error and MEF-SSIM.
 
   python benchmarks/quality.py --weights=../shared/weights/vgg19_imagenet_keras_block1-3.h5
   python benchmarks/gallery.py
@@ -98,7 +98,7 @@ def gallery(domain: str, name: str, rows: list[dict], means: dict) -> Image.Imag
 
 def recommend(rows: list[dict]) -> tuple[list[dict], list[str]]:
     """Per domain, the best method by each key column (labels with ':' are variants, left out)."""
-    keys = ["qe", "qabf_petrovic", "overshoot", "chroma_error", "mef_ssim"]
+    keys = ["qe", "qw", "qabf_petrovic", "ssim", "chroma_error", "mef_ssim"]
     result, lines = [], ["| domain | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
     for domain in dict.fromkeys(r["domain"] for r in rows):
         means = {m: v for m, v in domain_means(rows, domain).items() if ":" not in m}

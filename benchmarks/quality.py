@@ -19,7 +19,9 @@ before colour-true fusion). The rows are merged into one table (``--out/table.md
 
   python benchmarks/quality.py --weights=../shared/weights/vgg19_imagenet_keras_block1-3.h5
 
-``--ablations`` also scores FM4's start with its settings changed one at a time. FM0, FM1 and
+``--ablations`` also scores FM4's start with one part changed at a time, and whole-image
+activity blends (one weight map for every pyramid level), in ``ablations.md`` with each
+variant's Petrovic Q^{AB/F} against the pixel max per multi-modal domain. FM0, FM1 and
 FM4 use ``--solver=fast`` by default (the paper's 10,000-step schedule on all sets would take
 hours on a CPU; the fast solver reaches its loss to within 1 %).
 """
@@ -27,14 +29,17 @@ hours on a CPU; the fast solver reaches its loss to within 1 %).
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 from tables import save
 
-from semfuse_jax import files, fm4, fusion, tables
+from semfuse_jax import files, fm4, fusion, pyramid, rules, tables
+from semfuse_jax.pyramid import expand, laplacian_pyramid
 from semfuse_jax.tables import find_sets, score, write_table
 
 _DATA = flags.DEFINE_string("data", "../shared/data", "Root of DOMAIN/SET folders.")
@@ -69,31 +74,67 @@ def method_rows(label: str, out: Path) -> list[dict]:
     table = folder / "table.json"
     config = config_of(label)
     kept = json.loads(table.read_text())["settings"]["configs"][0] if table.exists() else None
-    if label in _RERUN.value or kept != config.to_dict():
+    if label in _RERUN.value or kept is None or fusion.FusionConfig.from_dict(kept) != config:
         tables.run_table(_DATA.value, [config], folder, weights_file=_WEIGHTS.value, overwrite=True)
     return [row | {"method": label} for row in json.loads(table.read_text())["rows"]]
 
 
-ABLATIONS: dict[str, dict[str, int | None]] = {  # name → activity_pyramid settings
-    "fm4_start": {},
-    "fm4_start_hard_seams": {"smooth": 0},
-    "fm4_start_no_window": {"radius": 0},
-    "fm4_start_mean_base": {"base_radius": None},
-    "fm4_start_3_levels": {"levels": 3},
-    "fm4_start_5_levels": {"levels": 5},
+def _pyramid(**settings: int | None) -> Callable[[jax.Array], jax.Array]:
+    """FM4's start with changed settings (no range projection, no refinement)."""
+    return lambda images: fm4.activity_pyramid(images, **settings)[0]
+
+
+def _base_max(images: jax.Array) -> jax.Array:
+    """FM4's start with its coarsest level the pixel max of the inputs' coarsest levels."""
+    bands = laplacian_pyramid(images, 4)
+    fused = jnp.max(bands[-1], axis=0)
+    for band in reversed(bands[:-1]):
+        weights = rules.activity_weights(jnp.sum(jnp.square(band), axis=-1), 1, 2)
+        fused = expand(fused, band.shape[-3:-1]) + rules.blend(band, weights)
+    return jnp.clip(fused, 0.0, 1.0)
+
+
+def _whole_blend(radius: int, levels: int) -> Callable[[jax.Array], jax.Array]:
+    """One weight map for every level: the finest band's activity winner over
+    ``(2·radius+1)²`` windows (5×5 smoothed), Burt–Adelson blend of the whole images."""
+
+    def fuse(images: jax.Array) -> jax.Array:
+        energy = jnp.sum(jnp.square(laplacian_pyramid(images, 1)[0]), axis=-1)
+        weights = rules.activity_weights(energy, radius, 2)
+        return jnp.clip(pyramid.blend(images, weights, levels), 0.0, 1.0)
+
+    return fuse
+
+
+def _in_range(images: jax.Array) -> jax.Array:
+    """FM4's start projected onto the inputs' local range (what FM4 starts from)."""
+    return jnp.clip(fm4.activity_pyramid(images)[0], *fm4.local_range(images))
+
+
+ABLATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {  # one set [N, H, W, C] → [H, W, C]
+    "fm4_start": _pyramid(),
+    "fm4_start_in_range": _in_range,
+    "fm4_start_hard_seams": _pyramid(smooth=0),
+    "fm4_start_no_window": _pyramid(radius=0),
+    "fm4_start_mean_base": _pyramid(base_radius=None),
+    "fm4_start_max_base": _base_max,
+    "fm4_start_3_levels": _pyramid(levels=3),
+    "fm4_start_5_levels": _pyramid(levels=5),
+    "whole_blend_15x15_4_levels": _whole_blend(7, 4),
+    "whole_blend_11x11_6_levels": _whole_blend(5, 6),
 }
 
 
 def ablation_rows() -> list[dict]:
-    """FM4's start (the activity pyramid, no refinement) with its settings changed one at a
-    time, scored like the methods."""
+    """FM4's start with one part changed at a time, and whole-image activity blends, scored
+    like the methods."""
     rows = []
     for domain, name, paths in find_sets(Path(_DATA.value), None):
-        images = fusion.stack_set([files.load_image(p) for p in paths])
-        for label, settings in ABLATIONS.items():
-            fused = np.asarray(fm4.activity_pyramid(images, **settings)[0])
+        images = jnp.asarray(fusion.stack_set([files.load_image(p) for p in paths]))
+        for label, ablation in ABLATIONS.items():
+            fused = np.asarray(ablation(images))
             rows.append({"domain": domain, "set": name, "method": label, "steps": 0})
-            rows[-1] |= score(images, fused)
+            rows[-1] |= score(np.asarray(images), fused)
     return rows
 
 
@@ -179,12 +220,39 @@ def _mixes_grey_and_colour(domain: str, name: str) -> bool:
     return kinds == {1, 3}
 
 
+def ablation_table(records: list[dict], labels: list[str], out: Path) -> None:
+    """Per variant: Petrovic Q^{AB/F} minus the pixel max's and the sets at or above it (each
+    multi-modal domain), Q_E, and MEF-SSIM on the exposure stacks."""
+    domains = [d for d in (*MULTI_MODAL, "multifocus_colour_lytro") if by_set(records, d, "max")]
+    header = ["variant", *(f"{d}: Petrovic − max, sets ≥ max, Q_E" for d in domains)]
+    lines = ["| " + " | ".join([*header, "multi_exposure Q_E / MEF-SSIM"]) + " |"]
+    lines.append("|---" * (len(header) + 1) + "|")
+    data = []
+    for label in ["fm4", *labels]:
+        cells, entry = [], {"variant": label}
+        for domain in domains:
+            ours, maximum = by_set(records, domain, label), by_set(records, domain, "max")
+            gaps = [ours[s]["qabf_petrovic"] - maximum[s]["qabf_petrovic"] for s in ours]
+            qe = float(np.mean([r["qe"] for r in ours.values()]))
+            wins = sum(g >= 0 for g in gaps)
+            entry[domain] = {"gap": float(np.mean(gaps)), "wins": wins, "qe": qe}
+            cells.append(f"{np.mean(gaps):+.4f}, {wins}/{len(gaps)}, {qe:.4f}")
+        stacks = by_set(records, "multi_exposure", label).values()
+        qe, mef = (float(np.mean([r[k] for r in stacks])) for k in ("qe", "mef_ssim"))
+        entry["multi_exposure"] = {"qe": qe, "mef_ssim": mef}
+        data.append(entry)
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {qe:.4f} / {mef:.4f} |")
+    save(out, "ablations", data, lines)
+
+
 def main(argv: Sequence[str]) -> None:
     del argv
     out = Path(_OUT.value)
     records = [row for label in _RUN.value for row in method_rows(label, out)]
     if _ABLATIONS.value:
-        records += ablation_rows()
+        extra = ablation_rows()
+        records += extra
+        ablation_table(records, [*ABLATIONS], out)
     write_table(out, records, {"labels": _RUN.value, "solver": _SOLVER.value})
     print((out / "summary.md").read_text())
     rows = checks(records)

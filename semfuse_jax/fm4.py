@@ -76,13 +76,19 @@ def start(images: jax.Array) -> tuple[jax.Array, jax.Array]:
     return init, rules.activity_weights(energy, 1, 0)
 
 
-def local_range(images: jax.Array, radius: int = 1) -> tuple[jax.Array, jax.Array]:
+RANGE_MARGIN = 0.0  # grey levels (of 255) FM4 may go beyond the inputs' local range (ablation)
+
+
+def local_range(
+    images: jax.Array, radius: int = 1, margin: float = RANGE_MARGIN
+) -> tuple[jax.Array, jax.Array]:
     """Per pixel and channel, the min and max of all inputs of one set ``[N, H, W, C]`` over the
-    ``(2·radius+1)²`` neighbourhood (cut at the border): ``(low, high)``, each ``[H, W, C]``."""
+    ``(2·radius+1)²`` neighbourhood (cut at the border), widened by ``margin`` grey levels and
+    kept in ``[0, 1]``: ``(low, high)``, each ``[H, W, C]``."""
     size = (2 * radius + 1, 2 * radius + 1, 1)
     low = lax.reduce_window(jnp.min(images, 0), jnp.inf, lax.min, size, (1, 1, 1), "SAME")
     high = lax.reduce_window(jnp.max(images, 0), -jnp.inf, lax.max, size, (1, 1, 1), "SAME")
-    return low, high
+    return jnp.maximum(low - margin / 255.0, 0.0), jnp.minimum(high + margin / 255.0, 1.0)
 
 
 def quality(images: np.ndarray) -> Callable[[np.ndarray], np.ndarray] | None:

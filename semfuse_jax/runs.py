@@ -15,6 +15,7 @@ Every file a run writes is checked first against the overwrite policy of
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import fcntl
@@ -23,7 +24,7 @@ import os
 import platform
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,6 @@ from semfuse_jax.errors import SemfuseError
 from semfuse_jax.figure import contact_sheet
 
 STATUS_FILE = "status.jsonl"
-_LOCKS: list[int] = []  # status files this process holds (released when it exits)
 
 Record = dict[str, Any]
 
@@ -264,9 +264,10 @@ def read_status(path: Path) -> dict[str, Record]:
     return latest
 
 
-def claim_status(path: Path, resume: bool, overwrite: bool) -> None:
-    """Create or open a run's status file and hold an exclusive lock on it for the rest of the
-    process, so that a second run on the same output (and process id) is refused.
+@contextlib.contextmanager
+def status_lock(path: Path, resume: bool, overwrite: bool) -> Iterator[None]:
+    """Create or open a run's status file and hold an exclusive lock on it for the ``with``
+    block, so that a second run on the same output (and process id) is refused meanwhile.
 
     An existing status file is continued with ``resume``, emptied with ``overwrite``, and
     otherwise refused (before anything is written).
@@ -289,7 +290,10 @@ def claim_status(path: Path, resume: bool, overwrite: bool) -> None:
             os.close(fd)
             raise SemfuseError(f"{path} exists: pass --resume to continue that run")
         os.ftruncate(fd, 0)
-    _LOCKS.append(fd)  # closed (and so released) when the process exits
+    try:
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def append_status(path: Path, records: Sequence[Record]) -> None:
@@ -387,59 +391,61 @@ def fuse_manifest(
     )
     if report:
         files.check_writable(report, overwrite=overwrite or resume)
-    claim_status(status, resume, overwrite)
-    previous = read_status(status) if resume else {}
-    finished = {
-        set_name
-        for set_name, record in previous.items()
-        if record.get("status") == "done" and outputs.get(set_name, Path()).is_file()
-    }
+    with status_lock(status, resume, overwrite):
+        previous = read_status(status) if resume else {}
+        finished = {
+            set_name
+            for set_name, record in previous.items()
+            if record.get("status") == "done" and outputs.get(set_name, Path()).is_file()
+        }
 
-    def failure(set_name: str, exc: SemfuseError) -> Record:
-        logging.error("set %s: %s", set_name, exc)
-        return {"name": set_name, "status": "failed", "error": str(exc)}
+        def failure(set_name: str, exc: SemfuseError) -> Record:
+            logging.error("set %s: %s", set_name, exc)
+            return {"name": set_name, "status": "failed", "error": str(exc)}
 
-    records: list[Record] = []
-    valid: list[tuple[str, list[Path], Path, tuple[int, int, int]]] = []
-    for set_name, inputs in rows:
-        output = outputs[set_name]
-        try:
-            # A resumed run owns the outputs of its unfinished sets (one may have been written
-            # just before the run was killed, without its status record): they are recomputed.
-            files.check_writable(output, overwrite=overwrite or resume)
-            valid.append((set_name, inputs, output, set_key(inputs, config, limit)))
-        except SemfuseError as exc:
-            if process == 0:  # header-level failures are the same in every process
-                records.append(failure(set_name, exc))
-    append_status(status, records)
-    batches = plan_batches([key for *_, key in valid], config, batch_size, limit)
-    mine = batches[process::processes]
-    todo = [b for b in mine if not all(valid[i][0] in finished for i in b)]
-    w, network, config = (
-        load_models(config, weights_file, classes=False) if todo else (None, None, config)
-    )
-    started = time.perf_counter()
-    total = sum(len(b) for b in mine)
-    for number, batch in enumerate(mine, start=1):
-        members = [valid[i] for i in batch]
-        if batch not in todo:
-            records += [{**previous[m[0]], "resumed": True} for m in members]
-            continue
-        logging.info("batch %d/%d: %s", number, len(mine), ", ".join(m[0] for m in members))
-        done = _fuse_members(w, network, config, members, failure)
-        append_status(status, done)
-        records += done
-        so_far = sum(len(b) for b in mine[:number])
-        elapsed = time.perf_counter() - started
-        eta = elapsed / so_far * (total - so_far)
-        logging.info("%d/%d sets done, %.0fs elapsed, ETA %.0fs", so_far, total, elapsed, eta)
-    failed = sum(r["status"] == "failed" for r in records)
-    resumed = sum(bool(r.get("resumed")) for r in records)
-    logging.info("%d sets done (%d from before), %d failed", len(records) - failed, resumed, failed)
-    write_report(report, {**run_info(w, config), "process": process, "sets": records})
-    if failed:
-        raise SemfuseError(f"{failed} of {len(records)} sets failed (see the log)")
-    return records
+        records: list[Record] = []
+        valid: list[tuple[str, list[Path], Path, tuple[int, int, int]]] = []
+        for set_name, inputs in rows:
+            output = outputs[set_name]
+            try:
+                # A resumed run owns the outputs of its unfinished sets (one may have been written
+                # just before the run was killed, without its status record): they are recomputed.
+                files.check_writable(output, overwrite=overwrite or resume)
+                valid.append((set_name, inputs, output, set_key(inputs, config, limit)))
+            except SemfuseError as exc:
+                if process == 0:  # header-level failures are the same in every process
+                    records.append(failure(set_name, exc))
+        append_status(status, records)
+        batches = plan_batches([key for *_, key in valid], config, batch_size, limit)
+        mine = batches[process::processes]
+        todo = [b for b in mine if not all(valid[i][0] in finished for i in b)]
+        w, network, config = (
+            load_models(config, weights_file, classes=False) if todo else (None, None, config)
+        )
+        started = time.perf_counter()
+        total = sum(len(b) for b in mine)
+        for number, batch in enumerate(mine, start=1):
+            members = [valid[i] for i in batch]
+            if batch not in todo:
+                records += [{**previous[m[0]], "resumed": True} for m in members]
+                continue
+            logging.info("batch %d/%d: %s", number, len(mine), ", ".join(m[0] for m in members))
+            done = _fuse_members(w, network, config, members, failure)
+            append_status(status, done)
+            records += done
+            so_far = sum(len(b) for b in mine[:number])
+            elapsed = time.perf_counter() - started
+            eta = elapsed / so_far * (total - so_far)
+            logging.info("%d/%d sets done, %.0fs elapsed, ETA %.0fs", so_far, total, elapsed, eta)
+        failed = sum(r["status"] == "failed" for r in records)
+        resumed = sum(bool(r.get("resumed")) for r in records)
+        logging.info(
+            "%d sets done (%d from before), %d failed", len(records) - failed, resumed, failed
+        )
+        write_report(report, {**run_info(w, config), "process": process, "sets": records})
+        if failed:
+            raise SemfuseError(f"{failed} of {len(records)} sets failed (see the log)")
+        return records
 
 
 def _fuse_members(

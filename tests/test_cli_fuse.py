@@ -167,40 +167,6 @@ def test_cam_methods_run_with_full_weights_and_report_classes(
     assert Image.open(sheet).size[1] == rows * (256 + 14)
 
 
-def test_batch_manifest_groups_sizes_and_reports_failures(
-    clock, small_colour_pair, real_weights_file, tmp_path
-):
-    manifest = tmp_path / "sets.csv"
-    manifest.write_text(
-        "# name,inputs...\n"
-        f"clock,{clock[0]},{clock[1]}\n"
-        f"small,{small_colour_pair[0]},{small_colour_pair[1]}\n"
-        f"small_again,{small_colour_pair[1]},{small_colour_pair[0]}\n"
-        f"broken,{clock[0]},{tmp_path / 'missing.png'}\n"
-    )
-    out_dir, report = tmp_path / "out", tmp_path / "batch.json"
-    result = fuse(
-        f"--pairs={manifest}",
-        f"--output_dir={out_dir}",
-        f"--weights={real_weights_file}",
-        f"--report={report}",
-        *FEW_STEPS,
-    )
-    assert result.returncode == 1 and "1 of 4 sets failed" in result.stderr
-    written = sorted(p.name for p in out_dir.iterdir())
-    assert written == ["clock.png", "small.png", "small_again.png", "status.jsonl"]
-    status = [json.loads(line) for line in (out_dir / "status.jsonl").read_text().splitlines()]
-    assert sorted((r["name"], r["status"]) for r in status) == [
-        ("broken", "failed"),
-        ("clock", "done"),
-        ("small", "done"),
-        ("small_again", "done"),
-    ]
-    records = {r["name"]: r for r in json.loads(report.read_text())["sets"]}
-    assert records["broken"]["status"] == "failed" and "no such file" in records["broken"]["error"]
-    assert records["small"]["batch_size"] == 2 and records["clock"]["batch_size"] == 1
-
-
 def _manifest(tmp_path, paths: list[str], count: int) -> Path:
     """``count`` sets made of the same small pair, alternately swapped (distinct outputs)."""
     manifest = tmp_path / "sets.csv"
