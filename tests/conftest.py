@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -62,6 +63,24 @@ def run_tool(module: str, *args: str, cwd: Path | None = None) -> subprocess.Com
         timeout=600,
         cwd=cwd,
     )
+
+
+def run_tool_cases(module: str, cases: list[list[str]], workdir: Path) -> list[dict]:
+    """Run ``semfuse_jax.cli.<module>`` once per argument list, all in one interpreter
+    (``tests/cli_batch.py``: the real entry point, flags reset between cases), with no
+    ``$SEMFUSE_WEIGHTS``; ``{"returncode", "stderr"}`` per case."""
+    cases_file, results_file = workdir / "cli_cases.json", workdir / "cli_results.json"
+    cases_file.write_text(json.dumps(cases))
+    runner = Path(__file__).with_name("cli_batch.py")
+    ran = subprocess.run(
+        [sys.executable, runner, f"semfuse_jax.cli.{module}", cases_file, results_file],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "SEMFUSE_WEIGHTS": ""},
+        timeout=600,
+    )
+    assert ran.returncode == 0, ran.stderr[-2000:]
+    return json.loads(results_file.read_text())
 
 
 def rel_err(actual: np.ndarray, expected: np.ndarray) -> float:

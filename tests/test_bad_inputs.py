@@ -3,14 +3,12 @@ no traceback, and leaves no output (nor temporary) file behind."""
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import run_tool_cases
 from PIL import Image
 
 GOOD = "good_a.png", "good_b.png"
@@ -161,29 +159,27 @@ CHUNKS = 4  # the table runs as four tests, so that parallel test workers share 
 
 
 @pytest.mark.parametrize("chunk", range(CHUNKS))
-def test_bad_input_table(files, real_weights_file, data_dir, chunk):
+def test_bad_input_table(files, real_weights_file, data_dir, chunk, tmp_path):
     cases = _cases(files, real_weights_file, data_dir)
     assert len(cases) >= 40
     before = sorted(p.relative_to(files) for p in files.rglob("*"))
     failures = []
-    for module, args, needle in cases[chunk::CHUNKS]:
-        result = subprocess.run(
-            [sys.executable, "-m", module, *args],
-            capture_output=True,
-            text=True,
-            env={**os.environ, "SEMFUSE_WEIGHTS": ""},
-            timeout=300,
-        )
-        lines = [line for line in result.stderr.splitlines() if line.strip()]
-        ok = (
-            result.returncode != 0
-            and len(lines) == 1
-            and "error" in lines[0]
-            and needle in lines[0]
-            and "Traceback" not in result.stderr
-        )
-        if not ok:
-            failures.append((module, args, result.returncode, result.stderr[-500:]))
+    mine = cases[chunk::CHUNKS]
+    for module in dict.fromkeys(m for m, _, _ in mine):  # one interpreter per tool
+        batch = [(args, needle) for m, args, needle in mine if m == module]
+        tool = module.rsplit(".", 1)[-1]
+        results = run_tool_cases(tool, [args for args, _ in batch], tmp_path)
+        for (args, needle), result in zip(batch, results, strict=True):
+            lines = [line for line in result["stderr"].splitlines() if line.strip()]
+            ok = (
+                result["returncode"] != 0
+                and len(lines) == 1
+                and "error" in lines[0]
+                and needle in lines[0]
+                and "Traceback" not in result["stderr"]
+            )
+            if not ok:
+                failures.append((module, args, result["returncode"], result["stderr"][-500:]))
     assert not failures, failures
     after = sorted(p.relative_to(files) for p in files.rglob("*"))
     assert after == before  # no output, report, batch folder or temporary file was left behind

@@ -48,12 +48,23 @@ def test_score_mode_prints_every_metric(data_dir, tmp_path):
 
 
 def test_table_runner_scores_the_written_files_per_domain(data_dir, real_weights_file, tmp_path):
-    sets = ["multifocus_grey/clock", "medical/head_bristol"]  # grey 512², grey 256²
+    root = tmp_path / "data"  # 128² crops of a grey multi-focus pair and a CT/MR pair
+    crops = {
+        "multifocus_grey/clock": ("clockA.jpg", "clockB.jpg"),
+        "medical/head_bristol": ("medA.jpg", "medB.jpg"),
+    }
+    for folder, names in crops.items():
+        (root / folder).mkdir(parents=True)
+        for name in names:
+            image = files.load_image(data_dir / folder / name)[192:320, 192:320]
+            files.save_image(root / folder / name.replace(".jpg", ".png"), image)
+    sets = list(crops)
     names = ["average", "laplacian", "fm0", "fm4"]
     short = Schedule(epochs=1, iters=3)
     configs = [fusion.FusionConfig(method=m, schedule=short) for m in names]
-    rows = tables.run_table(data_dir, configs, tmp_path, sets=sets, weights_file=real_weights_file)
-    with open(tmp_path / "table.csv") as f:
+    out = tmp_path / "out"
+    rows = tables.run_table(root, configs, out, sets=sets, weights_file=real_weights_file)
+    with open(out / "table.csv") as f:
         assert [(r["set"], r["method"]) for r in csv.DictReader(f)] == [
             (r["set"], r["method"]) for r in rows
         ]
@@ -61,13 +72,14 @@ def test_table_runner_scores_the_written_files_per_domain(data_dir, real_weights
     clock = {r["method"]: r["qabf_petrovic"] for r in rows if r["set"] == "clock"}
     assert clock["laplacian"] > clock["average"]  # a multi-scale method keeps more edges
     for row in rows:  # every score describes the file written
-        folder = data_dir / ("multifocus_grey/clock" if row["set"] == "clock" else sets[1])
+        folder = root / next(s for s in sets if s.endswith(row["set"]))
         inputs = fusion.stack_set([files.load_image(p) for p in sorted(folder.iterdir())])
-        path = tmp_path / "fused" / row["method"] / f"{folder.parent.name}__{row['set']}.png"
+        path = out / "fused" / row["method"] / f"{folder.parent.name}__{row['set']}.png"
         assert row["qe"] == tables.score(inputs, files.load_image(path))["qe"]
+        assert row["chroma_error"] is None  # grey sets
     assert [r["method"] for r in rows if "kept_epoch" in r] == ["fm4"] * len(sets)
-    saved = json.loads((tmp_path / "table.json").read_text())
+    saved = json.loads((out / "table.json").read_text())
     assert [fusion.FusionConfig.from_dict(c) for c in saved["settings"]["configs"]] == configs
-    assert (tmp_path / "table.md").read_text().count("### ") == len(sets)
-    summary = (tmp_path / "summary.md").read_text()
+    assert (out / "table.md").read_text().count("### ") == len(sets)
+    summary = (out / "summary.md").read_text()
     assert "### multifocus_grey" in summary and "### medical" in summary and "**" in summary

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from conftest import run_tool
+from conftest import run_tool, run_tool_cases
 from PIL import Image
 
 from semfuse_jax import files
@@ -159,23 +159,26 @@ def test_a_report_reruns_to_the_same_bits(tmp_path):
     for name in ("a.png", "b.png"):
         Image.fromarray(rng.integers(0, 256, (30, 36, 3), dtype=np.uint8)).save(tmp_path / name)
     inputs = f"--inputs={tmp_path / 'a.png'},{tmp_path / 'b.png'}"
-    first = run_tool(
+    first, again, default = run_tool_cases(
         "fuse",
-        inputs,
-        f"--output={tmp_path / 'first.png'}",
-        f"--report={tmp_path / 'r.json'}",
-        "--method=fm1",
-        "--epochs=3",
-        "--iters=7",
-        "--init_noise=2",
-        "--seed=5",
+        [
+            [
+                inputs,
+                f"--output={tmp_path / 'first.png'}",
+                f"--report={tmp_path / 'r.json'}",
+                "--method=fm1",
+                "--epochs=3",
+                "--iters=7",
+                "--init_noise=2",
+                "--seed=5",
+            ],
+            [inputs, f"--output={tmp_path / 'again.png'}", f"--config={tmp_path / 'r.json'}"],
+            [inputs, f"--output={tmp_path / 'default.png'}", "--method=fm1"],
+        ],
+        tmp_path,
     )
-    assert first.returncode == 0, first.stderr
-    again = run_tool(
-        "fuse", inputs, f"--output={tmp_path / 'again.png'}", f"--config={tmp_path / 'r.json'}"
-    )
-    assert again.returncode == 0, again.stderr
+    assert first["returncode"] == 0, first["stderr"]
+    assert again["returncode"] == 0, again["stderr"]
     assert (tmp_path / "again.png").read_bytes() == (tmp_path / "first.png").read_bytes()
-    default = run_tool("fuse", inputs, f"--output={tmp_path / 'default.png'}", "--method=fm1")
-    assert default.returncode == 0
+    assert default["returncode"] == 0
     assert (tmp_path / "default.png").read_bytes() != (tmp_path / "first.png").read_bytes()

@@ -28,13 +28,13 @@ SCRIPT = textwrap.dedent(
     out = {}
     for method in sys.argv[4].split(","):
         config = fusion.FusionConfig(method=method, schedule=Schedule(epochs=2, iters=5))
-        out |= {f"{method}{n}": fusion.fuse(w, sets[:n], config).fused for n in (3, 4, 5)}
+        out |= {f"{method}{n}": fusion.fuse(w, sets[:n], config).fused for n in (3, 5)}
     np.savez(sys.argv[3], **out)
     """
 )
 
 
-METHODS = ("fm0", "fm1", "fm4")
+METHODS = ("fm0", "fm4")  # the plain optimiser, and the one with a start, bounds and a stop
 
 
 def test_sharded_batch_equals_unsharded(real_weights, real_weights_file, data_dir, tmp_path):
@@ -67,6 +67,6 @@ def test_sharded_batch_equals_unsharded(real_weights, real_weights_file, data_di
     for method in METHODS:
         config = fusion.FusionConfig(method=method, schedule=Schedule(epochs=2, iters=5))
         single = fusion.fuse(real_weights, sets, config).fused
-        for n in (3, 4, 5):  # 3 and 5 need padding to 4 and 8
+        for n in (3, 5):  # padded to 4 and 8
             assert sharded[f"{method}{n}"].shape == (n, 48, 48, 3)
             np.testing.assert_allclose(sharded[f"{method}{n}"], single[:n], atol=1e-5)
