@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import subprocess
@@ -147,14 +148,31 @@ def torch_state(torch_vgg19) -> dict[str, np.ndarray]:
     return {k: v.detach().numpy().copy() for k, v in torch_vgg19.state_dict().items()}
 
 
+def shared_file(tmp_path_factory, name: str, build) -> Path:
+    """A session file built once for every test worker: ``build(path)`` runs in the first
+    worker that asks, under a lock (the files are large: a full VGG19 is 548 MB)."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the session's folder, shared by its workers
+    path = root / "shared" / name
+    path.parent.mkdir(exist_ok=True)
+    with open(path.parent / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not path.exists():
+            build(path)
+    return path
+
+
 @pytest.fixture(scope="session")
 def pth_file(torch_vgg19, tmp_path_factory) -> Path:
     """The torch model's state dict saved with ``torch.save`` (torchvision file layout)."""
     import torch
 
-    path = tmp_path_factory.mktemp("pth") / "vgg19-random.pth"
-    torch.save(torch_vgg19.state_dict(), path)
-    return path
+    def build(path: Path) -> None:
+        torch.save(torch_vgg19.state_dict(), path.with_suffix(".part"))
+        path.with_suffix(".part").rename(path)
+
+    return shared_file(tmp_path_factory, "vgg19-random.pth", build)
 
 
 @pytest.fixture(scope="session")
@@ -162,9 +180,11 @@ def full_weights_file(pth_file, tmp_path_factory) -> Path:
     """A full random-weights canonical file (converted from ``pth_file``)."""
     from semfuse_jax import weights
 
-    path = tmp_path_factory.mktemp("canonical") / "vgg19-random.safetensors"
-    weights.convert(pth_file, path)
-    return path
+    return shared_file(
+        tmp_path_factory,
+        "vgg19-random.safetensors",
+        lambda path: weights.convert(pth_file, path),
+    )
 
 
 @pytest.fixture(scope="session")

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import run_tool_cases
 from PIL import Image
 
 FEW_STEPS = ("--epochs=2", "--iters=5")
@@ -41,71 +42,6 @@ def clock(data_dir) -> list[str]:
     return [str(folder / "clockA.jpg"), str(folder / "clockB.jpg")]
 
 
-def test_clock_fm0_writes_grey_png_report_and_figure(clock, real_weights_file, tmp_path):
-    out, report, sheet = tmp_path / "clock.png", tmp_path / "r.json", tmp_path / "sheet.png"
-    result = fuse(
-        f"--inputs={','.join(clock)}",
-        f"--output={out}",
-        f"--weights={real_weights_file}",
-        f"--report={report}",
-        f"--figure={sheet}",
-        *FEW_STEPS,
-    )
-    assert result.returncode == 0, result.stderr
-    image = Image.open(out)
-    assert image.mode == "L" and image.size == (512, 512)
-    record = json.loads(report.read_text())
-    for key in ("method", "steps", "final_loss", "optimise_seconds", "compile_seconds", "config"):
-        assert key in record
-    assert record["method"] == "fm0" and record["steps"] == 10
-    assert record["final_loss"] < record["loss_history"][0]
-    assert record["config"]["layers"] == ["conv1_1"]
-    assert record["config"]["classifier"] == "efficientnet_lite0"  # the weights have no fc8
-    top = record["classes"]["inputs"][0][0]
-    assert top["label"] in ("analog clock", "wall clock") and 0 < top["probability"] <= 1
-    assert "epoch 2/2" in result.stderr  # progress is logged
-    assert Image.open(sheet).size[0] == 4 * 256  # two inputs, average, fused
-
-
-def test_lytro_pair_stays_colour(data_dir, real_weights_file, tmp_path):
-    folder = data_dir / "multifocus_colour_lytro" / "lytro-01"
-    out = tmp_path / "lytro.png"
-    inputs = f"{folder / 'lytro-01-A.jpg'},{folder / 'lytro-01-B.jpg'}"
-    result = fuse(
-        f"--inputs={inputs}", f"--output={out}", f"--weights={real_weights_file}", *FEW_STEPS
-    )
-    assert result.returncode == 0, result.stderr
-    image = np.asarray(Image.open(out))
-    assert image.shape == (520, 520, 3) and np.abs(np.diff(image.astype(int), axis=-1)).max() > 50
-
-
-def test_bad_inputs_fail_with_one_line_and_no_output(clock, data_dir, real_weights_file, tmp_path):
-    out = tmp_path / "out.png"
-    weights_flag = f"--weights={real_weights_file}"
-    lytro = data_dir / "multifocus_colour_lytro/lytro-01/lytro-01-A.jpg"
-    junk = tmp_path / "junk.png"
-    junk.write_bytes(b"not an image")
-    cases = [
-        ((f"--inputs={clock[0]},{lytro}",), ("differ in size",)),
-        ((f"--inputs={clock[0]},{tmp_path / 'missing.png'}",), ("no such file",)),
-        ((f"--inputs={clock[0]},{junk}",), ("not a readable image",)),
-        ((f"--inputs={clock[0]},{clock[1]}", "--method=fm3", "--classifier=vgg19"), ("fc8",)),
-        ((f"--inputs={clock[0]},{clock[1]}", "--method=fm2", "--layers=conv4_1"), ("conv4_1",)),
-        ((f"--inputs={clock[0]},{clock[1]}", "--layers=conv9_9"), ("conv9_9",)),
-    ]
-    for args, needles in cases:
-        result = fuse(*args, f"--output={out}", weights_flag, *FEW_STEPS)
-        assert_one_line_failure(result, *needles)
-        assert not out.exists()
-    result = fuse(f"--inputs={clock[0]},{clock[1]}", f"--output={clock[0]}", weights_flag)
-    assert_one_line_failure(result, "is an input")
-    result = fuse(
-        f"--inputs={clock[0]},{clock[1]}", f"--output={tmp_path}/no/dir/x.png", weights_flag
-    )
-    assert_one_line_failure(result, "does not exist")
-    assert list(tmp_path.iterdir()) == [junk]
-
-
 @pytest.fixture(scope="module")
 def small_colour_pair(data_dir, tmp_path_factory) -> list[str]:
     folder = tmp_path_factory.mktemp("small")
@@ -117,21 +53,67 @@ def small_colour_pair(data_dir, tmp_path_factory) -> list[str]:
     return paths
 
 
-def test_fm4_writes_the_fusion_and_reports_its_quality(data_dir, real_weights_file, tmp_path):
-    folder = data_dir / "medical" / "head_bristol"
-    out, report = tmp_path / "head.png", tmp_path / "r.json"
-    result = fuse(
-        f"--inputs={folder / 'medA.jpg'},{folder / 'medB.jpg'}",
-        f"--output={out}",
-        f"--weights={real_weights_file}",
-        f"--report={report}",
-        "--method=fm4",
-        "--epochs=3",
-        "--iters=20",
-    )
-    assert result.returncode == 0, result.stderr
-    assert Image.open(out).mode == "L"
-    record = json.loads(report.read_text())
+def single_runs(clock, data_dir, real_weights_file, tmp_path_factory) -> tuple[dict, Path]:
+    """Three single-set runs of the tool, in one interpreter: ``({name: result}, folder)``."""
+    d = tmp_path_factory.mktemp("single")
+    weights_flag = f"--weights={real_weights_file}"
+    lytro, head = data_dir / "multifocus_colour_lytro/lytro-01", data_dir / "medical/head_bristol"
+    cases = {
+        "clock": [
+            f"--inputs={','.join(clock)}",
+            f"--output={d / 'clock.png'}",
+            f"--report={d / 'clock.json'}",
+            f"--figure={d / 'sheet.png'}",
+            weights_flag,
+            *FEW_STEPS,
+        ],
+        "lytro": [
+            f"--inputs={lytro / 'lytro-01-A.jpg'},{lytro / 'lytro-01-B.jpg'}",
+            f"--output={d / 'lytro.png'}",
+            weights_flag,
+            *FEW_STEPS,
+        ],
+        "fm4": [
+            f"--inputs={head / 'medA.jpg'},{head / 'medB.jpg'}",
+            f"--output={d / 'head.png'}",
+            f"--report={d / 'head.json'}",
+            weights_flag,
+            "--method=fm4",
+            "--epochs=3",
+            "--iters=20",
+        ],
+    }
+    results = run_tool_cases("fuse", list(cases.values()), tmp_path_factory.mktemp("cases"))
+    return dict(zip(cases, results, strict=True)), d
+
+
+def check_clock_fm0_writes_grey_png_report_and_figure(results: dict, d: Path) -> None:
+    assert results["clock"]["returncode"] == 0, results["clock"]["stderr"]
+    image = Image.open(d / "clock.png")
+    assert image.mode == "L" and image.size == (512, 512)
+    record = json.loads((d / "clock.json").read_text())
+    for key in ("method", "steps", "final_loss", "optimise_seconds", "compile_seconds", "config"):
+        assert key in record
+    assert record["method"] == "fm0" and record["steps"] == 10
+    assert record["final_loss"] < record["loss_history"][0]
+    assert record["config"]["layers"] == ["conv1_1"]
+    assert record["config"]["classifier"] == "efficientnet_lite0"  # the weights have no fc8
+    top = record["classes"]["inputs"][0][0]
+    assert top["label"] in ("analog clock", "wall clock") and 0 < top["probability"] <= 1
+    assert "epoch 2/2" in results["clock"]["stderr"]  # progress is logged
+    assert Image.open(d / "sheet.png").size[0] == 4 * 256  # two inputs, average, fused
+
+
+def check_lytro_pair_stays_colour(results: dict, d: Path) -> None:
+    assert results["lytro"]["returncode"] == 0, results["lytro"]["stderr"]
+    image = np.asarray(Image.open(d / "lytro.png"))
+    assert image.shape == (520, 520, 3) and np.abs(np.diff(image.astype(int), axis=-1)).max() > 50
+
+
+def check_fm4_writes_the_fusion_and_reports_its_quality(results: dict, d: Path) -> None:
+    assert results["fm4"]["returncode"] == 0, results["fm4"]["stderr"]
+    assert Image.open(d / "head.png").mode == "L"
+    record = json.loads((d / "head.json").read_text())
     qe, qabf, best = (record[k] for k in ("quality_history", "quality_history", "best_epoch"))
     qe, qabf = qe["qe"], qabf["qabf_petrovic"]
     assert record["method"] == "fm4" and best > 0  # the refinement beat the pyramid start
@@ -141,30 +123,55 @@ def test_fm4_writes_the_fusion_and_reports_its_quality(data_dir, real_weights_fi
     assert len(record["weights_sha256"]) == 64 and "--method=fm4" in record["command"]
 
 
-@pytest.mark.parametrize("method", ["fm2", "fm3"])
-def test_cam_methods_run_with_full_weights_and_report_classes(
-    method, small_colour_pair, full_weights_file, tmp_path
+def test_single_set_runs_write_what_they_report(
+    clock, data_dir, real_weights_file, tmp_path_factory
 ):
-    out, report, sheet = tmp_path / "f.png", tmp_path / "r.json", tmp_path / "s.png"
-    result = fuse(
-        f"--inputs={','.join(small_colour_pair)}",
-        f"--output={out}",
-        f"--weights={full_weights_file}",
-        f"--method={method}",
-        f"--report={report}",
-        f"--figure={sheet}",
-        "--top_k=2",
-        *FEW_STEPS,
-    )
-    assert result.returncode == 0, result.stderr
-    record = json.loads(report.read_text())
+    """The clock pair (FM0, grey, report, sheet), a Lytro pair (colour) and a CT/MR pair (FM4),
+    run in one interpreter (one start-up, shared compilations)."""
+    results, d = single_runs(clock, data_dir, real_weights_file, tmp_path_factory)
+    check_clock_fm0_writes_grey_png_report_and_figure(results, d)
+    check_lytro_pair_stays_colour(results, d)
+    check_fm4_writes_the_fusion_and_reports_its_quality(results, d)
+
+
+def cam_runs(small_colour_pair, full_weights_file, tmp_path_factory) -> tuple[list[dict], Path]:
+    """FM2 and FM3 with the full (random) VGG19 as classifier, in one interpreter."""
+    d = tmp_path_factory.mktemp("cam")
+    cases = [
+        [
+            f"--inputs={','.join(small_colour_pair)}",
+            f"--output={d / f'{method}.png'}",
+            f"--weights={full_weights_file}",
+            f"--method={method}",
+            f"--report={d / f'{method}.json'}",
+            f"--figure={d / f'{method}_sheet.png'}",
+            "--top_k=2",
+            *FEW_STEPS,
+        ]
+        for method in ("fm2", "fm3")
+    ]
+    return run_tool_cases("fuse", cases, tmp_path_factory.mktemp("cases")), d
+
+
+def test_cam_methods_run_with_full_weights_and_report_classes(
+    small_colour_pair, full_weights_file, tmp_path_factory
+):
+    results, d = cam_runs(small_colour_pair, full_weights_file, tmp_path_factory)
+    for method, result in zip(("fm2", "fm3"), results, strict=True):
+        check_cam_method(method, result, d)
+
+
+def check_cam_method(method: str, result: dict, d: Path) -> None:
+    assert result["returncode"] == 0, result["stderr"]
+    record = json.loads((d / f"{method}.json").read_text())
+    assert record["config"]["classifier"] == "vgg19"  # auto: the weights hold fc8
     classes = record["classes"]
     assert len(classes["inputs"]) == 2 and len(classes["fused"]) == 5
     probs = [c["probability"] for c in classes["fused"]]
     assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1 + 1e-6
     assert record["steps"] == (0 if method == "fm3" else 10)
     rows = 3 if method == "fm3" else 2  # images, CAMs (, mixtures)
-    assert Image.open(sheet).size[1] == rows * (256 + 14)
+    assert Image.open(d / f"{method}_sheet.png").size[1] == rows * (256 + 14)
 
 
 def _manifest(tmp_path, paths: list[str], count: int) -> Path:
