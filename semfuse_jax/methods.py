@@ -125,7 +125,7 @@ REGISTRY: dict[str, Method] = {
                maps="product", target=cam_target),
         Method("fm3", "Grad-CAM mixing weights applied to the input pixels (no optimisation)",
                "paper", maps="product", mix=cam_mix),
-        Method("fm4", "activity-guided pyramid start, activity-blended target, quality stop",
+        Method("fm4", "activity pyramid start, activity-blended target, local range, quality stop",
                "semfuse_jax", target=activity_target, start=fm4.start, quality_stop=True,
                bounds=fm4.local_range, colour="auto"),
         Method("fm5", "each pixel from the input with the highest Grad-CAM map, pyramid-blended",
