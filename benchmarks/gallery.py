@@ -63,14 +63,12 @@ def crop_box(images: np.ndarray, size: int) -> tuple[int, int]:
 
 
 def domain_means(rows: list[dict], domain: str) -> dict[str, dict[str, float]]:
-    out: dict[str, dict[str, float]] = {}
-    for row in rows:
-        if row["domain"] != domain:
-            continue
-        for key in tables.COLUMNS:
-            if row.get(key) is not None:
-                out.setdefault(row["method"], {}).setdefault(key, []).append(row[key])
-    return {m: {k: float(np.mean(v)) for k, v in values.items()} for m, values in out.items()}
+    """``{method: {column: mean}}`` of one domain (columns without a value left out)."""
+    return {
+        r["method"]: {k: v for k, v in r.items() if k in tables.COLUMNS and v is not None}
+        for r in tables.summarise(rows)
+        if r["domain"] == domain
+    }
 
 
 def gallery(domain: str, name: str, rows: list[dict], means: dict) -> Image.Image:

@@ -38,7 +38,7 @@ import numpy as np
 from absl import app, flags
 from tables import save
 
-from semfuse_jax import files, fm4, fusion, pyramid, rules, tables
+from semfuse_jax import colour, files, fm4, fusion, pyramid, rules, tables
 from semfuse_jax.pyramid import expand, laplacian_pyramid
 from semfuse_jax.tables import find_sets, score, write_table
 
@@ -149,6 +149,7 @@ def check(name: str, domain: str, ok: bool, detail: str) -> dict:
 def checks(records: list[dict]) -> list[dict]:
     """Every check of the module docstring that the labels run allow, per domain."""
     labels = {r["method"] for r in records}
+    means = {(r["domain"], r["method"]): r for r in tables.summarise(records)}
     rows = []
     for domain in dict.fromkeys(r["domain"] for r in records):
         fm4_rows = by_set(records, domain, "fm4")
@@ -156,9 +157,8 @@ def checks(records: list[dict]) -> list[dict]:
             continue
 
         def mean(label: str, metric: str, domain: str = domain) -> float:
-            values = [r[metric] for r in by_set(records, domain, label).values()]
-            values = [v for v in values if v is not None]
-            return float(np.mean(values)) if values else float("nan")
+            value = means.get((domain, label), {}).get(metric)
+            return float("nan") if value is None else value
 
         if {"fm0", *BASELINE_BAR} <= labels:
             for metric in CHECKED:
@@ -214,10 +214,9 @@ def checks(records: list[dict]) -> list[dict]:
 
 
 def _mixes_grey_and_colour(domain: str, name: str) -> bool:
-    folder = Path(_DATA.value) / domain / name
-    paths = [p for p in sorted(folder.iterdir()) if p.suffix.lower() in tables.IMAGE_SUFFIXES]
-    kinds = {files.load_image(p).shape[-1] for p in paths}
-    return kinds == {1, 3}
+    ((_, _, paths),) = find_sets(Path(_DATA.value), [f"{domain}/{name}"])
+    images = fusion.stack_set([files.load_image(p) for p in paths])
+    return bool(colour.use_luminance("auto", images[None])[0])
 
 
 def ablation_table(records: list[dict], labels: list[str], out: Path) -> None:

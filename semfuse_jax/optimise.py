@@ -378,25 +378,28 @@ def _epoch(
     objective: Any,
     images: jax.Array,
     states: Any,
-    bounds: tuple[jax.Array, jax.Array],
+    bounds: Bounds | None,
     schedule: Schedule,
     sets_per_chunk: int | None,
 ) -> tuple[jax.Array, Any]:
-    """One epoch of every set of a batch: vmapped, or mapped in chunks of ``sets_per_chunk``."""
+    """One epoch of every set of a batch: vmapped, or mapped in chunks of ``sets_per_chunk``.
+    ``bounds``: per-set ``(low, high)`` arrays ``[B, H, W, C]``, or None for ``[0, 1]``."""
     axes = objective.batch_axes()
+    box_axis = None if bounds is None else 0
+    bounds = UNIT_BOX if bounds is None else bounds
 
     def one(obj: Any, image: jax.Array, state: Any, box: Bounds) -> tuple[jax.Array, Any]:
         return run_steps(obj, image, state, schedule.iters, schedule, box)
 
     if sets_per_chunk is None:
-        return jax.vmap(one, in_axes=(axes, 0, 0, 0))(objective, images, states, bounds)
+        return jax.vmap(one, in_axes=(axes, 0, 0, box_axis))(objective, images, states, bounds)
 
     def set_number(i: jax.Array) -> tuple[jax.Array, Any]:
         def pick(axis: int | None, part: Any) -> Any:
             return part if axis is None else jax.tree.map(lambda leaf: leaf[i], part)
 
         own = jax.tree.map(pick, axes, objective, is_leaf=lambda x: x is None)
-        box = jax.tree.map(lambda leaf: leaf[i], bounds)
+        box = bounds if box_axis is None else jax.tree.map(lambda leaf: leaf[i], bounds)
         return one(own, images[i], jax.tree.map(lambda leaf: leaf[i], states), box)
 
     return jax.lax.map(set_number, jnp.arange(images.shape[0]), batch_size=sets_per_chunk)
@@ -477,17 +480,11 @@ def optimise(
     """
     mesh = sharding.batch_mesh()
     init = np.asarray(init, np.float32)
-    if bounds is None:
-        bounds = (np.zeros_like(init), np.ones_like(init))
-    (init, targets, bounds), batch = sharding.pad_batch(
-        (
-            init,
-            {k: np.asarray(v, np.float32) for k, v in targets.items()},
-            tuple(np.asarray(b, np.float32) for b in bounds),
-        ),
-        mesh.size,
+    boxes = None if bounds is None else tuple(np.asarray(b, np.float32) for b in bounds)
+    (init, targets, boxes), batch = sharding.pad_batch(
+        (init, {k: np.asarray(v, np.float32) for k, v in targets.items()}, boxes), mesh.size
     )
-    images, targets, bounds = sharding.shard_batch((init, targets, bounds), mesh)
+    images, targets, boxes = sharding.shard_batch((init, targets, boxes), mesh)
     weights = sharding.replicate(weights, mesh)
     how = choose_gradient(gradient, tuple(targets), dtype)
     compiled_before = COMPILES.snapshot()
@@ -519,7 +516,7 @@ def optimise(
     start = time.perf_counter()
     epochs_run = 0
     for e in range(schedule.epochs):
-        images, states = _epoch(objective, images, states, bounds, schedule, chunk)
+        images, states = _epoch(objective, images, states, boxes, schedule, chunk)
         history.append(np.asarray(batch_loss(weights, images, targets))[:batch])
         epochs_run = e + 1
         if progress is not None:

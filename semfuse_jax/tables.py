@@ -36,9 +36,21 @@ def score(inputs: np.ndarray, fused: np.ndarray) -> dict[str, float | None]:
     }
 
 
-def _mean(values: Sequence[float | None]) -> float | None:
-    present = [v for v in values if v is not None]
-    return float(np.mean(present)) if present else None
+def summarise(records: Sequence[dict]) -> list[dict]:
+    """Per domain and method (first-seen order): ``sets`` and the mean of every column of
+    :data:`COLUMNS` over the sets that have it (None when none has)."""
+    summary = []
+    for domain in dict.fromkeys(r["domain"] for r in records):
+        for method in dict.fromkeys(r["method"] for r in records):
+            rows = [r for r in records if r["domain"] == domain and r["method"] == method]
+            if not rows:
+                continue
+            means = {}
+            for column in COLUMNS:
+                present = [r[column] for r in rows if r.get(column) is not None]
+                means[column] = float(np.mean(present)) if present else None
+            summary.append({"domain": domain, "method": method, "sets": len(rows), **means})
+    return summary
 
 
 def find_sets(root: Path, wanted: Sequence[str] | None) -> list[tuple[str, str, list[Path]]]:
@@ -98,12 +110,7 @@ def write_table(out: Path, records: list[dict], settings: dict) -> None:
             + markdown_table(["method", *COLUMNS], bold_best(rows, ["method"]))
         )
     files.write_text(out / "table.md", "\n\n".join(parts) + "\n")
-    summary = []
-    for domain in dict.fromkeys(r["domain"] for r in records):
-        for method in dict.fromkeys(r["method"] for r in records):
-            rows = [r for r in records if r["domain"] == domain and r["method"] == method]
-            means = {m: _mean([r.get(m) for r in rows]) for m in COLUMNS}
-            summary.append({"domain": domain, "method": method, "sets": len(rows), **means})
+    summary = summarise(records)
     with files.atomic_path(out / "summary.csv") as tmp, open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, ["domain", "method", "sets", *COLUMNS])
         writer.writeheader()
