@@ -24,7 +24,7 @@ from absl import app, flags
 from PIL import Image
 from tables import save
 
-from semfuse_jax import files, fusion, metrics, tables
+from semfuse_jax import files, fusion, methods, metrics, tables
 from semfuse_jax.figure import LABEL_HEIGHT, panel
 
 _DATA = flags.DEFINE_string("data", "../shared/data", "Root of DOMAIN/SET folders.")
@@ -95,11 +95,12 @@ def gallery(domain: str, name: str, rows: list[dict], means: dict) -> Image.Imag
 
 
 def recommend(rows: list[dict]) -> tuple[list[dict], list[str]]:
-    """Per domain, the best method by each key column (labels with ':' are variants, left out)."""
+    """Per domain, the best registered method by each key column (variants such as ``fm4:rgb``
+    and the ablations of ``quality.py --ablations`` are left out)."""
     keys = ["qe", "qw", "qabf_petrovic", "ssim", "chroma_error", "mef_ssim"]
     result, lines = [], ["| domain | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
     for domain in dict.fromkeys(r["domain"] for r in rows):
-        means = {m: v for m, v in domain_means(rows, domain).items() if ":" not in m}
+        means = {m: v for m, v in domain_means(rows, domain).items() if m in methods.NAMES}
         best = {}
         for key in keys:
             scored = {m: v[key] for m, v in means.items() if key in v}

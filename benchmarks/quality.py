@@ -39,7 +39,7 @@ from absl import app, flags
 from tables import save
 
 from semfuse_jax import colour, files, fm4, fusion, pyramid, rules, tables
-from semfuse_jax.pyramid import expand, laplacian_pyramid
+from semfuse_jax.pyramid import laplacian_pyramid
 from semfuse_jax.tables import find_sets, score, write_table
 
 _DATA = flags.DEFINE_string("data", "../shared/data", "Root of DOMAIN/SET folders.")
@@ -79,19 +79,9 @@ def method_rows(label: str, out: Path) -> list[dict]:
     return [row | {"method": label} for row in json.loads(table.read_text())["rows"]]
 
 
-def _pyramid(**settings: int | None) -> Callable[[jax.Array], jax.Array]:
+def _pyramid(**settings: float | bool | None) -> Callable[[jax.Array], jax.Array]:
     """FM4's start with changed settings (no range projection, no refinement)."""
     return lambda images: fm4.activity_pyramid(images, **settings)[0]
-
-
-def _base_max(images: jax.Array) -> jax.Array:
-    """FM4's start with its coarsest level the pixel max of the inputs' coarsest levels."""
-    bands = laplacian_pyramid(images, 4)
-    fused = jnp.max(bands[-1], axis=0)
-    for band in reversed(bands[:-1]):
-        weights = rules.activity_weights(jnp.sum(jnp.square(band), axis=-1), 1, 2)
-        fused = expand(fused, band.shape[-3:-1]) + rules.blend(band, weights)
-    return jnp.clip(fused, 0.0, 1.0)
 
 
 def _whole_blend(radius: int, levels: int) -> Callable[[jax.Array], jax.Array]:
@@ -114,10 +104,13 @@ def _in_range(images: jax.Array) -> jax.Array:
 ABLATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {  # one set [N, H, W, C] → [H, W, C]
     "fm4_start": _pyramid(),
     "fm4_start_in_range": _in_range,
+    "fm4_start_no_gate": _pyramid(gate_threshold=None),
+    "fm4_start_gate_every_level": _pyramid(gate_coarse=True),
+    "fm4_start_gate_0.75": _pyramid(gate_threshold=0.75),
+    "fm4_start_hard_base": _pyramid(base_power=None),
+    "fm4_start_mean_base": _pyramid(base_radius=None),
     "fm4_start_hard_seams": _pyramid(smooth=0),
     "fm4_start_no_window": _pyramid(radius=0),
-    "fm4_start_mean_base": _pyramid(base_radius=None),
-    "fm4_start_max_base": _base_max,
     "fm4_start_3_levels": _pyramid(levels=3),
     "fm4_start_5_levels": _pyramid(levels=5),
     "whole_blend_15x15_4_levels": _whole_blend(7, 4),
@@ -135,6 +128,7 @@ def ablation_rows() -> list[dict]:
             fused = np.asarray(ablation(images))
             rows.append({"domain": domain, "set": name, "method": label, "steps": 0})
             rows[-1] |= score(np.asarray(images), fused)
+        jax.clear_caches()  # one compilation per variant and image size: free them per set
     return rows
 
 

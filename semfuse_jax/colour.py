@@ -65,6 +65,29 @@ def chroma_of_strongest(chroma: jax.Array) -> jax.Array:
     return picked[..., 0, :, :, :]
 
 
+def luminance_range(chroma: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """The luminances at which ``chroma`` ``[..., 2]`` (centred on 0.5) fits in the RGB cube
+    unscaled: ``(low, high)``, each ``[..., 1]`` (``low ≤ high`` for the chroma of any RGB
+    pixel)."""
+    offsets = to_rgb(jnp.concatenate([jnp.zeros_like(chroma[..., :1]), chroma], axis=-1))
+    low = jnp.max(-offsets, axis=-1, keepdims=True)
+    high = jnp.min(1.0 - offsets, axis=-1, keepdims=True)
+    return jnp.clip(low, 0.0, 1.0), jnp.clip(high, 0.0, 1.0)
+
+
+def keep_chroma(
+    bounds: tuple[jax.Array, jax.Array], chroma: jax.Array, start: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    """Narrow an optimisation's per-pixel luminance box ``bounds`` (each ``[..., H, W, 1]``) so
+    that no step takes the luminance further outside :func:`luminance_range` of ``chroma`` than
+    ``start`` (inside the box) already is: the chroma :func:`combine` keeps can only grow."""
+    fits_low, fits_high = luminance_range(chroma)
+    low, high = bounds
+    return jnp.maximum(low, jnp.minimum(fits_low, start)), jnp.minimum(
+        high, jnp.maximum(fits_high, start)
+    )
+
+
 def combine(luminance: jax.Array, chroma: jax.Array) -> jax.Array:
     """RGB from a fused luminance ``[..., 1]`` in ``[0, 1]`` and chroma ``[..., 2]`` (centred on
     0.5), keeping the luminance exactly: each channel is ``Y + d_c`` with ``d`` linear in the

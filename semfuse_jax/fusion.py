@@ -314,8 +314,8 @@ def fuse(
         results = [fuse(weights, images[i], c, progress, network) for i, c in parts]
         return _merge([i for i, _ in parts], results)
     ycbcr = colour.to_ycbcr(jnp.asarray(images))
-    result = fuse_planes(weights, np.asarray(ycbcr[..., :1]), config, progress, network)
     chroma = colour.chroma_of_strongest(ycbcr[..., 1:])
+    result = fuse_planes(weights, np.asarray(ycbcr[..., :1]), config, progress, network, chroma)
     return dataclasses.replace(
         result,
         fused=np.asarray(colour.combine(jnp.asarray(result.fused), chroma)),
@@ -356,6 +356,7 @@ def fuse_planes(
     config: FusionConfig,
     progress: Callable[[int, int, np.ndarray, float], None] | None = None,
     network: classifier.Network | None = None,
+    chroma: jax.Array | None = None,
 ) -> FusionResult:
     """Fuse a batch of image sets with ``config.method`` on the planes given (grey, RGB, or the
     luminance of a colour-true fusion), with no colour handling.
@@ -369,6 +370,10 @@ def fuse_planes(
       progress: per-epoch callback, see :func:`semfuse_jax.optimise.optimise`.
       network: the classifier of the methods that need Grad-CAM maps; None loads
         ``config.classifier``.
+      chroma: for a colour-true fusion, the chroma ``[B, H, W, 2]`` the fused luminance will be
+        combined with: a method with bounds (FM4) then also keeps its steps from taking the
+        luminance further out of that chroma's gamut than its start
+        (:func:`semfuse_jax.colour.keep_chroma`).
     """
     spec = config.spec
     images = jnp.asarray(images, jnp.float32)
@@ -405,6 +410,8 @@ def fuse_planes(
         init = init + noise / 255.0
     bounds = None if spec.bounds is None else per_set(spec.bounds, images)
     init = jnp.clip(init, *(bounds or (0.0, 1.0)))
+    if bounds is not None and chroma is not None:
+        bounds = colour.keep_chroma(bounds, jnp.asarray(chroma), init)
     result = optimise(
         weights,
         init,

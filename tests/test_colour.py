@@ -37,6 +37,33 @@ def test_combine_keeps_the_luminance_and_scales_chroma_only_out_of_gamut():
     )
 
 
+def test_luminance_range_is_where_the_chroma_fits_unscaled():
+    rgb = np.random.default_rng(4).random((200, 3)).astype(np.float32)
+    ycbcr = colour.to_ycbcr(jnp.asarray(rgb))
+    low, high = (np.asarray(b)[:, 0] for b in colour.luminance_range(ycbcr[:, 1:]))
+    y = np.asarray(ycbcr[:, 0])
+    assert np.all(low <= y + 1e-6) and np.all(y <= high + 1e-6)  # each pixel's own Y fits
+    for edge in (low, high):  # at either end the chroma is kept whole ...
+        back = colour.to_ycbcr(colour.combine(jnp.asarray(edge[:, None]), ycbcr[:, 1:]))
+        np.testing.assert_allclose(np.asarray(back[:, 1:]), np.asarray(ycbcr[:, 1:]), atol=1e-5)
+    beyond = np.minimum(high + 0.02, 1.0)  # ... and just beyond it the chroma must shrink
+    back = colour.to_ycbcr(colour.combine(jnp.asarray(beyond[:, None]), ycbcr[:, 1:]))
+    lost = np.abs(np.asarray(back[:, 1:] - ycbcr[:, 1:])).sum(axis=-1)
+    assert np.all(lost[high < 0.97] > 1e-4)
+
+
+def test_keep_chroma_narrows_the_box_around_the_start():
+    chroma = jnp.asarray([[0.45, 0.6]] * 3)  # fits for Y in about [0.16, 0.86]
+    fits_low, fits_high = (float(b[0, 0]) for b in colour.luminance_range(chroma))
+    low, high = jnp.zeros((3, 1)), jnp.ones((3, 1))
+    start = jnp.asarray([[0.5], [0.95], [0.05]])  # inside the gamut, above it, below it
+    new_low, new_high = (
+        np.asarray(b)[:, 0] for b in colour.keep_chroma((low, high), chroma, start)
+    )
+    np.testing.assert_allclose(new_low, [fits_low, fits_low, 0.05], atol=1e-6)
+    np.testing.assert_allclose(new_high, [fits_high, 0.95, fits_high], atol=1e-6)
+
+
 def test_luminance_mode_is_chosen_per_set():
     rng = np.random.default_rng(1)
     grey = np.repeat(rng.random((8, 8, 1)), 3, axis=-1)
@@ -80,10 +107,15 @@ def test_fm4_keeps_the_functional_colour_and_fuses_the_luminance(real_weights, m
     ]
     kept, lost = metrics.chroma_error(mri_pet, fused), metrics.chroma_error(mri_pet, rgb)
     assert kept < lost / 3, (kept, lost)
-    # the luminance is FM4 on the inputs' luminance, exactly
-    y = np.asarray(colour.to_ycbcr(jnp.asarray(mri_pet)))[..., :1]
-    planes = fusion.fuse_planes(real_weights, y[None], config).fused[0]
+    # the luminance is FM4 on the inputs' luminance, kept from leaving the chroma's gamut
+    # further than its start: exactly, and with no more chroma lost than without that bound
+    ycbcr = colour.to_ycbcr(jnp.asarray(mri_pet))
+    y, chroma = np.asarray(ycbcr[..., :1])[None], colour.chroma_of_strongest(ycbcr[None, ..., 1:])
+    planes = fusion.fuse_planes(real_weights, y, config, chroma=chroma).fused[0]
     np.testing.assert_allclose(metrics.luminance_255(fused), planes[..., 0] * 255, atol=0.02)
+    free = fusion.fuse_planes(real_weights, y, config).fused
+    unbound = np.asarray(colour.combine(jnp.asarray(free), chroma))[0]
+    assert kept <= metrics.chroma_error(mri_pet, unbound) + 1e-9
 
 
 def test_a_batch_mixing_colour_true_and_rgb_sets_equals_each_set_alone(mri_pet):

@@ -62,21 +62,61 @@ def test_activity_pyramid_reproduces_identical_inputs_and_picks_the_sharp_half()
     rng = np.random.default_rng(2)
     image = rng.random((1, 48, 40, 3)).astype(np.float32)
     same = np.concatenate([image, image, image], axis=0)
-    fused, activity = fm4.activity_pyramid(jnp.asarray(same))
+    fused, weights = fm4.activity_pyramid(jnp.asarray(same))
     np.testing.assert_allclose(np.asarray(fused), image[0], atol=1e-5)
-    assert activity.shape == (3, 48, 40)
-    np.testing.assert_array_equal(activity[0], activity[2])
+    assert weights.shape == (3, 48, 40)
+    np.testing.assert_allclose(np.asarray(weights).sum(axis=0), 1.0, atol=1e-5)
     # textured left half only in input 0, right half only in input 1; the other halves are flat
     texture = rng.random((48, 40, 1)).astype(np.float32)
     a = np.full_like(texture, 0.5)
     b = np.full_like(texture, 0.5)
     a[:, :20], b[:, 20:] = texture[:, :20], texture[:, 20:]
-    fused, activity = fm4.activity_pyramid(jnp.asarray(np.stack([a, b])))
-    w = np.asarray(rules.activity_weights(activity, radius=1, smooth=2))
-    assert np.all(w[0, :, :14] == 1.0) and np.all(w[1, :, 26:] == 1.0)
-    error = np.abs(np.asarray(fused) - texture)
+    fused, w = (np.asarray(x) for x in fm4.activity_pyramid(jnp.asarray(np.stack([a, b]))))
+    assert np.all(w[0, :, :14] > 0.99) and np.all(w[1, :, 26:] > 0.99)
+    error = np.abs(fused - texture)
     assert error[:, :14].max() < 0.15 and error[:, 26:].max() < 0.15
     assert error.mean() < np.abs(0.5 * (a + b) - texture).mean() / 3
+
+
+def test_base_weights_follow_windowed_energy_to_the_power():
+    energy = jnp.asarray(np.array([[[1.0, 0.0]], [[3.0, 0.0]]], np.float32))  # [2, 1, 2]
+    soft = np.asarray(fm4._base_weights(energy, 0, 2.0))
+    np.testing.assert_allclose(soft[:, 0, 0], [0.1, 0.9], rtol=1e-6)  # 1² : 3²
+    np.testing.assert_allclose(soft[:, 0, 1], [0.5, 0.5])  # no energy anywhere: an even mix
+    hard = np.asarray(fm4._base_weights(energy, 0, None))
+    np.testing.assert_array_equal(hard[:, 0, 0], [0.0, 1.0])
+    np.testing.assert_allclose(np.asarray(fm4._base_weights(energy, None, 2.0)), 0.5)
+
+
+def test_gate_leaves_balanced_energy_alone_and_takes_a_dominant_input_whole():
+    rng = np.random.default_rng(5)
+    per_band = [jnp.asarray(rng.dirichlet([1, 1], (s, s)).transpose(2, 0, 1), jnp.float32)
+                for s in (32, 16, 8, 4, 2)]  # fmt: skip
+    balanced = [jnp.ones((2, s, s)) for s in (32, 16, 8, 4)]
+    kept = fm4._gate(per_band, balanced, 2, 1, fm4.GATE_THRESHOLD)
+    for got, want in zip(kept, per_band, strict=True):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-6)
+    dominant = [jnp.stack([jnp.zeros((s, s)), jnp.ones((s, s))]) for s in (32, 16, 8, 4)]
+    taken = fm4._gate(per_band, dominant, 2, 1, fm4.GATE_THRESHOLD)
+    for got in taken:  # input 1 holds all of band 2's energy: every level comes from it
+        np.testing.assert_allclose(np.asarray(got)[1], 1.0, atol=1e-5)
+
+
+def test_a_structure_dominant_in_one_input_arrives_whole():
+    # input 0: fine texture everywhere; input 1: flat, with a bright disc (a hot target, a PET
+    # uptake region); per band, input 0's texture wins inside the disc and cuts into its rim
+    rng = np.random.default_rng(3)
+    yy, xx = np.mgrid[:96, :96]
+    radius = np.hypot(yy - 48, xx - 48)
+    disc = np.clip((24 - radius) / 3 + 0.5, 0, 1) * 0.6 + 0.2
+    texture = 0.5 + 0.05 * rng.standard_normal((96, 96))
+    images = jnp.asarray(np.stack([texture, disc])[..., None], jnp.float32)
+    gated = np.asarray(fm4.activity_pyramid(images)[0])[..., 0]
+    per_band = np.asarray(fm4.activity_pyramid(images, gate_threshold=None)[0])[..., 0]
+    for where in (np.abs(radius - 24) < 4, radius < 20):  # the rim, the inside
+        gated_error, per_band_error = (np.abs(f - disc)[where].mean() for f in (gated, per_band))
+        assert gated_error < 0.1 * per_band_error
+        assert gated_error < 1.0 / 255
 
 
 @pytest.fixture(scope="module")
