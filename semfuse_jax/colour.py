@@ -65,11 +65,17 @@ def chroma_of_strongest(chroma: jax.Array) -> jax.Array:
     return picked[..., 0, :, :, :]
 
 
+def chroma_offsets(chroma: jax.Array) -> jax.Array:
+    """What ``chroma`` ``[..., 2]`` (centred on 0.5) adds to each of R, G, B over the
+    luminance: ``[..., 3]`` (RGB = Y + offsets)."""
+    return to_rgb(jnp.concatenate([jnp.zeros_like(chroma[..., :1]), chroma], axis=-1))
+
+
 def luminance_range(chroma: jax.Array) -> tuple[jax.Array, jax.Array]:
     """The luminances at which ``chroma`` ``[..., 2]`` (centred on 0.5) fits in the RGB cube
     unscaled: ``(low, high)``, each ``[..., 1]`` (``low ≤ high`` for the chroma of any RGB
     pixel)."""
-    offsets = to_rgb(jnp.concatenate([jnp.zeros_like(chroma[..., :1]), chroma], axis=-1))
+    offsets = chroma_offsets(chroma)
     low = jnp.max(-offsets, axis=-1, keepdims=True)
     high = jnp.min(1.0 - offsets, axis=-1, keepdims=True)
     return jnp.clip(low, 0.0, 1.0), jnp.clip(high, 0.0, 1.0)
@@ -82,10 +88,9 @@ def keep_chroma(
     that no step takes the luminance further outside :func:`luminance_range` of ``chroma`` than
     ``start`` (inside the box) already is: the chroma :func:`combine` keeps can only grow."""
     fits_low, fits_high = luminance_range(chroma)
-    low, high = bounds
-    return jnp.maximum(low, jnp.minimum(fits_low, start)), jnp.minimum(
-        high, jnp.maximum(fits_high, start)
-    )
+    low = jnp.maximum(bounds[0], jnp.minimum(fits_low, start))
+    high = jnp.minimum(bounds[1], jnp.maximum(fits_high, start))
+    return low, high
 
 
 def combine(luminance: jax.Array, chroma: jax.Array) -> jax.Array:
@@ -93,7 +98,7 @@ def combine(luminance: jax.Array, chroma: jax.Array) -> jax.Array:
     0.5), keeping the luminance exactly: each channel is ``Y + d_c`` with ``d`` linear in the
     chroma, so where ``Y`` with the full chroma would leave the RGB cube the chroma is scaled
     towards grey just enough to fit (the hue is kept). ``[..., 3]`` in ``[0, 1]``."""
-    offsets = to_rgb(jnp.concatenate([jnp.zeros_like(luminance), chroma], axis=-1))  # d_c
+    offsets = chroma_offsets(chroma)  # d_c
     room = jnp.where(offsets > 0, 1.0 - luminance, luminance)  # how far each channel may move
     scale = jnp.min(jnp.where(jnp.abs(offsets) > 1e-12, room / jnp.abs(offsets), 1.0), axis=-1)
     scale = jnp.clip(scale, 0.0, 1.0)[..., None]
