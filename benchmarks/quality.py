@@ -4,9 +4,9 @@ baselines, with the checks FM4 is held to.
 Each method runs through :func:`semfuse_jax.tables.run_table` (one run per method, kept in
 ``--out/methods/LABEL`` and reused while its settings match; ``--rerun=fm4,...`` reruns). A label
 is a method name, optionally with a colour mode (``fm4:rgb`` is FM4 fusing R, G, B, as it did
-before colour-true fusion). The rows are merged into one table (``--out/table.md``,
-``summary.md``: every metric, per set and per-domain means) and FM4 is checked
-(``quality_checks.json`` / ``.md``):
+before colour-true fusion), or ``fm4_no_edges`` (FM4 without its edge refinement). The rows
+are merged into one table (``--out/table.md``, ``summary.md``: every metric, per set and
+per-domain means) and FM4 is checked (``quality_checks.json`` / ``.md``):
 
 - every domain: FM4's mean Q_E and Petrovic Q^{AB/F} ≥ the best of the Laplacian pyramid and the
   pixel maximum, and ≥ FM0's, no set more than 0.01 below FM0;
@@ -15,7 +15,9 @@ before colour-true fusion). The rows are merged into one table (``--out/table.md
 - every domain: FM4's overshoot share ≤ the Laplacian pyramid's;
 - sets mixing grey and colour inputs: FM4's chroma error ≤ the YCbCr baseline's and ≤ a third of
   ``fm4:rgb``'s;
-- multi-exposure: FM4's MEF-SSIM ≥ Mertens exposure fusion's.
+- multi-exposure: FM4's MEF-SSIM ≥ Mertens exposure fusion's;
+- every set: FM4's edge refinement costs no more than 0.005 of Q_E, Q_W or Petrovic Q^{AB/F}
+  against ``fm4_no_edges``.
 
   python benchmarks/quality.py --weights=../shared/weights/vgg19_imagenet_keras_block1-3.h5
 
@@ -46,8 +48,20 @@ _DATA = flags.DEFINE_string("data", "../shared/data", "Root of DOMAIN/SET folder
 _OUT = flags.DEFINE_string("out", "benchmarks/out/quality", "Output folder.")
 _RUN = flags.DEFINE_list(
     "run",
-    ["average", "max", "dwt", "laplacian", "ycbcr", "mertens", "fm0", "fm1", "fm4", "fm4:rgb"],
-    "Labels to run: METHOD or METHOD:COLOUR.",
+    [
+        "average",
+        "max",
+        "dwt",
+        "laplacian",
+        "ycbcr",
+        "mertens",
+        "fm0",
+        "fm1",
+        "fm4",
+        "fm4:rgb",
+        "fm4_no_edges",
+    ],
+    "Labels to run: METHOD, METHOD:COLOUR or fm4_no_edges.",
 )
 _SOLVER = flags.DEFINE_enum("solver", "fast", ["adam", "fast"], "Solver of FM0, FM1 and FM4.")
 _WEIGHTS = flags.DEFINE_string("weights", None, "VGG19 weights file (default: as semfuse-fuse).")
@@ -59,10 +73,13 @@ _RERUN = flags.DEFINE_list("rerun", [], "Labels to run again even if their table
 CHECKED = ("qe", "qabf_petrovic")
 BASELINE_BAR = ("laplacian", "max")
 PAIR_SLACK = 0.01
+EDGE_SLACK = 0.005  # the most the edge refinement may cost a set (Q_E, Q_W, Petrovic Q^{AB/F})
 MULTI_MODAL = ("medical", "medical_colour", "ir_visible")
 
 
 def config_of(label: str) -> fusion.FusionConfig:
+    if label == "fm4_no_edges":
+        return fusion.FusionConfig(method="fm4", solver=_SOLVER.value, refine_edges=False)
     method, _, colour = label.partition(":")
     return fusion.FusionConfig(method=method, solver=_SOLVER.value, colour=colour or None)
 
@@ -204,6 +221,20 @@ def checks(records: list[dict]) -> list[dict]:
             ours, theirs = mean("fm4", "mef_ssim"), mean("mertens", "mef_ssim")
             detail = f"FM4 {ours:.4f} vs Mertens {theirs:.4f}"
             rows.append(check("MEF-SSIM ≥ Mertens", domain, ours >= theirs, detail))
+        if "fm4_no_edges" in labels:
+            before = by_set(records, domain, "fm4_no_edges")
+            costs = {
+                (s, m): before[s][m] - fm4_rows[s][m]
+                for s in fm4_rows
+                for m in ("qe", "qw", *CHECKED[1:])
+            }
+            (name, metric), worst = max(costs.items(), key=lambda kv: kv[1])
+            kept = sum(r.get("edge_kept", False) for r in fm4_rows.values())
+            detail = (
+                f"refinement kept on {kept}/{len(fm4_rows)} sets; largest cost {worst:+.4f} "
+                f"({name}, {metric})"
+            )
+            rows.append(check("edge refinement costs ≤ 0.005", domain, worst <= EDGE_SLACK, detail))
     return rows
 
 

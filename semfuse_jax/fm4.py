@@ -11,8 +11,16 @@
   construction). In a colour-true fusion the steps also may not take the luminance further out
   of the kept chroma's gamut than the start (:func:`semfuse_jax.colour.keep_chroma`).
 - **Stopping**: Adam runs the schedule; per set the last epoch that improved source-referenced
-  quality is kept (Q_E and Petrovic Q^{AB/F}, neither worse: :func:`quality`). Its result
-  therefore often *is* the start image (``best_epoch`` 0): reports say which epoch was kept.
+  quality is kept (Q_E and Petrovic Q^{AB/F}, neither worse: :func:`quality` with
+  :data:`QUALITY_NAMES`). Its result therefore often *is* the start image (``best_epoch`` 0):
+  reports say which epoch was kept.
+- **Edges**: the kept image is refined in the gradient domain (:func:`edge_target`,
+  :class:`semfuse_jax.optimise.EdgeObjective`): its Sobel gradients are pulled towards those of
+  the input with the most gradient energy, as strongly as that input dominates there, while it
+  stays near the image refined, in the same range. The refinement is kept only where none of
+  Q_E, Petrovic Q^{AB/F} and MEF-SSIM gets worse (:data:`EDGE_QUALITY_NAMES`): its choice of
+  gradients is made pixel by pixel, and MEF-SSIM's structure term is what sees structures of
+  different inputs mixed inside a window. Reports say whether it was kept.
 
 ``benchmarks/quality.py`` and ``benchmarks/RESULTS.md`` show why each part is there.
 """
@@ -28,6 +36,7 @@ import numpy as np
 from jax import lax
 
 from semfuse_jax import metrics, pyramid, rules
+from semfuse_jax.optimise import Schedule
 from semfuse_jax.pyramid import expand, gaussian_pyramid, laplacian_pyramid
 
 GATE_THRESHOLD = 0.6  # share of the local energy above which one input dominates (see below)
@@ -146,6 +155,19 @@ def start(images: jax.Array) -> tuple[jax.Array, jax.Array]:
     return init, jax.nn.one_hot(winner, images.shape[0], axis=0, dtype=images.dtype)
 
 
+EDGE_RADIUS = 1  # gradient energy compared over 3×3 windows (rules.strongest_gradient)
+EDGE_FIDELITY = 0.05  # weight of staying at the refined image against the edge term
+EDGE_SCHEDULE = Schedule(epochs=1, iters=100, lr=0.5, lr_decay=1.0)  # one epoch, one decision
+
+
+def edge_target(images: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """FM4's edge target of one set ``[N, H, W, C]``: the Sobel field ``[2, H, W, C]`` of the
+    input with the most gradient energy over 3×3 windows, and the weight ``[H, W]`` of the edge
+    term, how clearly that input dominates there (:func:`semfuse_jax.rules.strongest_gradient`).
+    """
+    return rules.strongest_gradient(images, EDGE_RADIUS)
+
+
 RANGE_MARGIN = 0.0  # grey levels (of 255) FM4 may go beyond the inputs' local range (ablation)
 
 
@@ -161,22 +183,25 @@ def local_range(
     return jnp.maximum(low - margin / 255.0, 0.0), jnp.minimum(high + margin / 255.0, 1.0)
 
 
-def quality(images: np.ndarray) -> Callable[[np.ndarray], np.ndarray] | None:
+QUALITY_NAMES = ("qe", "qabf_petrovic")  # what FM4's optimisation keeps an epoch by
+EDGE_QUALITY_NAMES = ("qe", "qabf_petrovic", "mef_ssim")  # … and its edge refinement
+
+
+def quality(
+    images: np.ndarray, names: tuple[str, ...] = QUALITY_NAMES
+) -> Callable[[np.ndarray], np.ndarray] | None:
     """FM4's stopping signal for a batch of sets ``[B, N, H, W, C]``: a function scoring
-    candidates ``[B, H, W, C] → [B, 2]`` by Q_E and Petrovic Q^{AB/F} against the inputs
-    (luminance, float64); both use only the inputs, no reference image. None for images
-    smaller than the metrics' 11×11 minimum (FM4 then runs its whole schedule)."""
+    candidates ``[B, H, W, C] → [B, K]`` by the K metrics ``names`` (of
+    :data:`semfuse_jax.metrics.NAMES`) against the inputs (luminance, float64); they use only
+    the inputs, no reference image. None for images smaller than the metrics' 11×11 minimum
+    (FM4 then runs its whole schedule)."""
     if min(images.shape[2:4]) < 11:
         return None
     sources = metrics.luminance_255(images)
+    scorers = [getattr(metrics, name) for name in names]
 
     def score(fused: np.ndarray) -> np.ndarray:
         candidate = metrics.luminance_255(fused)
-        return np.stack(
-            [metrics.qe(sources, candidate), metrics.qabf_petrovic(sources, candidate)], axis=-1
-        )
+        return np.stack([scorer(sources, candidate) for scorer in scorers], axis=-1)
 
     return score
-
-
-QUALITY_NAMES = ("qe", "qabf_petrovic")  # the columns of quality()'s scores

@@ -25,7 +25,16 @@ import numpy as np
 
 from semfuse_jax import cam, classifier, colour, fm4, methods
 from semfuse_jax.errors import SemfuseError
-from semfuse_jax.optimise import BATCHING, FAST, GRADIENTS, SOLVERS, Schedule, optimise
+from semfuse_jax.optimise import (
+    BATCHING,
+    FAST,
+    GRADIENTS,
+    SOLVERS,
+    Schedule,
+    batch_loss,
+    optimise,
+    refine_edges,
+)
 from semfuse_jax.weights import Weights, load_weights
 
 
@@ -60,6 +69,8 @@ class FusionConfig:
         most colourful input per pixel) or ``auto`` (luminance for sets that mix grey and colour
         inputs, else RGB); None: the method's default (:attr:`semfuse_jax.methods.Method.colour`;
         FM4 and FM5 ``auto``, the paper's methods and the classical baselines ``rgb``).
+      refine_edges: run the gradient-domain edge refinement of a method that has one (FM4;
+        :attr:`semfuse_jax.methods.Method.edges`) after its optimisation; False is its ablation.
     """
 
     method: str = "fm0"
@@ -77,6 +88,7 @@ class FusionConfig:
     gradient: str = "auto"
     batching: str = "auto"
     colour: str | None = None
+    refine_edges: bool = True
 
     def __post_init__(self) -> None:
         methods.get(self.method)  # a known name
@@ -155,12 +167,20 @@ class FusionResult:
       fused: ``[B, H, W, C]`` in ``[0, 1]``.
       average: ``[B, H, W, C]`` mean of the inputs (the initial image).
       loss_history: ``[E + 1, B]`` (None for FM3).
-      steps: Adam steps per set (0 for FM3).
+      steps: Adam steps per set (0 for FM3; FM4's edge refinement included).
       compile_seconds, optimise_seconds: timings of the optimisation (0 for FM3).
       probabilities: ``[B, N, H, W]`` CAM probability maps (FM2/FM3), else None.
       mixing: ``[B, N, H, W]`` mixing weights (FM3), else None.
-      quality_history: ``[E + 1, B, 2]`` FM4's Q_E and Petrovic Q^{AB/F} per epoch, else None.
-      best_epoch: ``[B]`` epoch each FM4 result comes from (0: the pyramid start), else None.
+      quality_history: ``[E + 1, B, K]`` FM4's quality scores per epoch of its optimisation
+        (:data:`semfuse_jax.fm4.QUALITY_NAMES`), else None.
+      best_epoch: ``[B]`` epoch of the optimisation each FM4 result comes from (0: the pyramid
+        start), else None.
+      final_loss: ``[B]`` the feature loss of the images returned (None for non-optimising
+        methods).
+      edge_quality: ``[2, B, K]`` FM4's quality scores before and after its edge refinement
+        (:data:`semfuse_jax.fm4.EDGE_QUALITY_NAMES`), else None.
+      edge_kept: ``[B]`` whether each FM4 result is the edge refinement's (else the epoch
+        ``best_epoch``), else None.
     """
 
     fused: np.ndarray
@@ -173,6 +193,9 @@ class FusionResult:
     mixing: np.ndarray | None = None
     quality_history: np.ndarray | None = None
     best_epoch: np.ndarray | None = None
+    final_loss: np.ndarray | None = None
+    edge_quality: np.ndarray | None = None
+    edge_kept: np.ndarray | None = None
 
 
 def check_same_size(sizes: Sequence[tuple[int, int]]) -> None:
@@ -347,6 +370,9 @@ def _merge(indices: Sequence[np.ndarray], results: Sequence[FusionResult]) -> Fu
         mixing=join("mixing", 0),
         quality_history=join("quality_history", 1),
         best_epoch=join("best_epoch", 0),
+        final_loss=join("final_loss", 0),
+        edge_quality=join("edge_quality", 1),
+        edge_kept=join("edge_kept", 0),
     )
 
 
@@ -412,6 +438,8 @@ def fuse_planes(
     init = jnp.clip(init, *(bounds or (0.0, 1.0)))
     if bounds is not None and chroma is not None:
         bounds = colour.keep_chroma(bounds, jnp.asarray(chroma), init)
+    quality = fm4.quality(np.asarray(images)) if spec.quality_stop else None
+    boxes = None if bounds is None else tuple(np.asarray(b) for b in bounds)
     result = optimise(
         weights,
         init,
@@ -419,21 +447,42 @@ def fuse_planes(
         config.schedule,
         progress,
         jnp.bfloat16 if config.compute_dtype == "bfloat16" else None,
-        fm4.quality(np.asarray(images)) if spec.quality_stop else None,
+        quality,
         config.gradient,
         config.batching,
-        None if bounds is None else tuple(np.asarray(b) for b in bounds),
+        boxes,
     )
+    kept = -1 if result.best_epoch is None else result.best_epoch
+    final_loss = result.loss_history[kept, np.arange(len(init))]
+    fused, edge = result.images, None
+    if spec.edges is not None and config.refine_edges:
+        field, strength = per_set(spec.edges, images)
+        judge = (
+            fm4.quality(np.asarray(images), fm4.EDGE_QUALITY_NAMES) if spec.quality_stop else None
+        )
+        edge = refine_edges(
+            fused, field, strength, fm4.EDGE_SCHEDULE, fm4.EDGE_FIDELITY, judge, config.batching,
+            boxes,
+        )  # fmt: skip
+        refined = edge.best_epoch > 0 if edge.best_epoch is not None else np.ones(len(init), bool)
+        fused = edge.images
+        if refined.any():  # the feature loss of the images returned
+            final_loss = np.where(
+                refined, np.asarray(batch_loss(weights, fused, targets)), final_loss
+            )
     return FusionResult(
-        fused=result.images,
+        fused=fused,
         average=average,
         loss_history=result.loss_history,
-        steps=result.steps,
-        compile_seconds=result.compile_seconds,
-        optimise_seconds=result.optimise_seconds,
+        steps=result.steps + (0 if edge is None else edge.steps),
+        compile_seconds=result.compile_seconds + (0 if edge is None else edge.compile_seconds),
+        optimise_seconds=result.optimise_seconds + (0 if edge is None else edge.optimise_seconds),
         probabilities=None if maps is None else np.asarray(maps),
         quality_history=result.quality_history,
         best_epoch=result.best_epoch,
+        final_loss=final_loss,
+        edge_quality=None if edge is None else edge.quality_history,
+        edge_kept=None if edge is None else refined,
     )
 
 

@@ -9,7 +9,8 @@ Every method is one of three kinds:
   and the per-input weights ``[N, H, W]``;
 - an **optimisation** (FM0, FM1, FM2, FM4): Adam from ``start``'s image towards the VGG19 feature
   ``target`` of the inputs (:mod:`semfuse_jax.optimise`), optionally keeping the epoch with the
-  best source-referenced quality (``quality_stop``).
+  best source-referenced quality (``quality_stop``) and refining the result in the gradient
+  domain (``edges``).
 
 Parts take one set (``[N, ...]``, inputs first); :func:`semfuse_jax.fusion.fuse` vmaps them over
 the batch. A new method is one :class:`Method` in :data:`REGISTRY`, with its parts here when they
@@ -89,6 +90,9 @@ class Method:
         weighted) → [h, w, c]``; its weights are the start's choice, else the CAM maps.
       start: an optimisation's start image ``[N, H, W, C] → ([H, W, C], choice | None)``.
       quality_stop: keep the epoch with the best Q_E / Petrovic Q^{AB/F} (:func:`fm4.quality`).
+      edges: an optimisation's edge target ``[N, H, W, C] → (field [2, H, W, C], weight
+        [H, W])``; the optimised image is then refined towards it in the gradient domain
+        (:class:`semfuse_jax.optimise.EdgeObjective`); None: no such refinement.
       bounds: an optimisation's per-pixel box ``[N, H, W, C] → (low, high)`` (each ``[H, W, C]``)
         that the start and every Adam step are projected onto; None: ``[0, 1]``.
       colour: the default of ``FusionConfig.colour`` (:mod:`semfuse_jax.colour`): ``rgb`` (the
@@ -105,6 +109,7 @@ class Method:
     target: Target | None = None
     start: Start = average_start
     quality_stop: bool = False
+    edges: Callable[[jax.Array], tuple[jax.Array, jax.Array]] | None = None
     bounds: Callable[[jax.Array], tuple[jax.Array, jax.Array]] | None = None
     colour: str = "rgb"
 
@@ -125,9 +130,9 @@ REGISTRY: dict[str, Method] = {
                maps="product", target=cam_target),
         Method("fm3", "Grad-CAM mixing weights applied to the input pixels (no optimisation)",
                "paper", maps="product", mix=cam_mix),
-        Method("fm4", "activity pyramid start, activity-blended target, local range, quality stop",
-               "semfuse_jax", target=activity_target, start=fm4.start, quality_stop=True,
-               bounds=fm4.local_range, colour="auto"),
+        Method("fm4", "activity pyramid start, activity-blended target, edge refinement, local "
+               "range, quality stop", "semfuse_jax", target=activity_target, start=fm4.start,
+               quality_stop=True, edges=fm4.edge_target, bounds=fm4.local_range, colour="auto"),
         Method("fm5", "each pixel from the input with the highest Grad-CAM map, pyramid-blended",
                "semfuse_jax", maps="mean", mix=semantic_blend, colour="auto"),
         Method("average", "pixel mean of the inputs", "baseline", combine=baselines.average),

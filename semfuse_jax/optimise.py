@@ -22,7 +22,8 @@ levels (of 255) per step as a staircase ``exponential_decay`` schedule, then the
 batches: it runs one jitted, cached epoch (a ``lax.scan`` of ``iters`` steps, ``vmap``-ped over
 the sets, or mapped one after another where batching does not pay) at a time, spreads the batch
 over the local devices, reports progress and stops early on the loss (``tol``) or on a quality
-function (FM4), keeping each set's best epoch.
+function (FM4), keeping each set's best epoch. :func:`refine_edges` runs the same driver on the
+gradient-domain :class:`EdgeObjective` (FM4's edge refinement).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from semfuse_jax import sharding
+from semfuse_jax import metrics, sharding
 from semfuse_jax.errors import SemfuseError
 from semfuse_jax.weights import Weights
 
@@ -97,7 +98,8 @@ class OptimiseResult(NamedTuple):
         after each epoch run (None without a ``quality`` function).
       best_epoch: ``[B]`` epoch whose images each set returns (0: the initial images; None
         without a ``quality`` function, when the last epoch's images are returned).
-      gradient: the gradient path that ran (``quadratic`` or ``network``).
+      gradient: the gradient path that ran (``quadratic``, ``network``, or ``edges`` for
+        :func:`refine_edges`).
     """
 
     images: np.ndarray
@@ -200,6 +202,48 @@ class QuadraticObjective:
     def batch_axes(self) -> QuadraticObjective:
         """``vmap`` axes: the right-hand side per set, the stencils shared."""
         return QuadraticObjective(stencil=None, edges=None, corners=None, rhs=0, offset=0)
+
+
+@flax.struct.dataclass
+class EdgeObjective:
+    """Gradient-domain refinement: ``L(x) = Σ_p ω_p·||S(x)_p − E_p||² + fidelity·||x − x₀||²``,
+    in grey levels² (of 255), with ``S`` the Sobel responses (s_x, s_y) of each channel
+    (:func:`semfuse_jax.metrics.sobel`). Quadratic in ``x``; its gradient comes from autodiff
+    through the Sobel shifts, a few additions per pixel.
+
+    Attributes:
+      anchor: ``x₀`` ``[H, W, C]`` for one set (``[B, H, W, C]`` for a batch), the image refined.
+      edges: the target field ``E`` ``[2, H, W, C]`` (s_x, s_y).
+      strength: the per-pixel weight ``ω`` ``[H, W]`` of the edge term.
+      fidelity: the weight of staying at ``x₀`` (shared by the sets of a batch).
+    """
+
+    anchor: jax.Array
+    edges: jax.Array
+    strength: jax.Array
+    fidelity: float = flax.struct.field(pytree_node=False, default=0.05)
+
+    def loss(self, image: jax.Array) -> jax.Array:
+        """``L`` at one image ``[H, W, C]``."""
+        s_x, s_y = metrics.sobel(jnp.moveaxis(image, -1, 0))  # [C, H, W] each
+        field = jnp.moveaxis(jnp.stack([s_x, s_y]), 1, -1)  # [2, H, W, C]
+        edge = jnp.sum(self.strength[..., None] * jnp.square(field - self.edges))
+        stay = self.fidelity * jnp.sum(jnp.square(image - self.anchor))
+        return 255.0**2 * (edge + stay)
+
+    def gradient(self, image: jax.Array) -> jax.Array:
+        """``∇L`` at one image ``[H, W, C]``."""
+        return jax.grad(self.loss)(image)
+
+    def batch_axes(self) -> EdgeObjective:
+        """``vmap`` axes: everything per set but the fidelity."""
+        return EdgeObjective(anchor=0, edges=0, strength=0, fidelity=self.fidelity)
+
+
+@jax.jit
+def batch_edge_loss(objective: EdgeObjective, images: jax.Array) -> jax.Array:
+    """:meth:`EdgeObjective.loss` of each set: ``[B, H, W, C]`` → ``[B]``."""
+    return jax.vmap(type(objective).loss, in_axes=(objective.batch_axes(), 0))(objective, images)
 
 
 def _stencil_2d(x: jax.Array, kernel: jax.Array) -> jax.Array:
@@ -479,35 +523,85 @@ def optimise(
         ``init``, that every step is projected onto; None: ``[0, 1]``.
     """
     mesh = sharding.batch_mesh()
-    init = np.asarray(init, np.float32)
-    boxes = None if bounds is None else tuple(np.asarray(b, np.float32) for b in bounds)
-    (init, targets, boxes), batch = sharding.pad_batch(
-        (init, {k: np.asarray(v, np.float32) for k, v in targets.items()}, boxes), mesh.size
-    )
-    images, targets, boxes = sharding.shard_batch((init, targets, boxes), mesh)
+    targets = {k: np.asarray(v, np.float32) for k, v in targets.items()}
+    (images, targets, boxes), batch = _place((init, targets, bounds), mesh)
     weights = sharding.replicate(weights, mesh)
     how = choose_gradient(gradient, tuple(targets), dtype)
-    compiled_before = COMPILES.snapshot()
+    since = COMPILES.snapshot()
     if how == "quadratic":
         objective = quadratic_objective(weights, targets, images.shape)
-        objective = objective.replace(
-            **sharding.replicate(
-                {
-                    "stencil": objective.stencil,
-                    "edges": objective.edges,
-                    "corners": objective.corners,
-                },
-                mesh,
-            )
-        )
+        shared = {k: getattr(objective, k) for k in ("stencil", "edges", "corners")}
+        objective = objective.replace(**sharding.replicate(shared, mesh))
     else:
         objective = NetworkObjective(weights, dict(targets), dtype)
+    losses = partial(batch_loss, weights, targets=targets)
     chunk = sets_per_chunk(batching, mesh.size)
+    return _drive(
+        objective, images, boxes, losses, batch, schedule, progress, quality, chunk, since, how
+    )
+
+
+def refine_edges(
+    init: np.ndarray,
+    edges: np.ndarray,
+    strength: np.ndarray,
+    schedule: Schedule,
+    fidelity: float,
+    quality: Callable[[np.ndarray], np.ndarray] | None = None,
+    batching: str = "auto",
+    bounds: tuple[np.ndarray, np.ndarray] | None = None,
+) -> OptimiseResult:
+    """Run the Adam schedule on the :class:`EdgeObjective` of a batch anchored at its ``init``
+    ``[B, H, W, C]`` (target fields ``edges`` ``[B, 2, H, W, C]``, weights ``strength``
+    ``[B, H, W]``), with the driver, devices, quality stop and bounds of :func:`optimise`. Its
+    losses are the edge objective's."""
+    mesh = sharding.batch_mesh()
+    init = np.asarray(init, np.float32)
+    arrays = (init, init, np.asarray(edges, np.float32), np.asarray(strength, np.float32), bounds)
+    (images, anchor, edges, strength, boxes), batch = _place(arrays, mesh)  # two buffers
+    since = COMPILES.snapshot()
+    objective = EdgeObjective(anchor, edges, strength, fidelity)
+    losses = partial(batch_edge_loss, objective)
+    chunk = sets_per_chunk(batching, mesh.size)
+    return _drive(
+        objective, images, boxes, losses, batch, schedule, None, quality, chunk, since, "edges"
+    )
+
+
+def _place(arrays: tuple, mesh: Any) -> tuple[tuple, int]:
+    """Pad the batch axis of ``(init, …)`` to the mesh and split it over the devices (None
+    entries stay None; bounds are float32 pairs): ``(placed arrays, original batch size)``."""
+    init, *rest = arrays
+    bounds = rest[-1]
+    boxes = None if bounds is None else tuple(np.asarray(b, np.float32) for b in bounds)
+    tree = (np.asarray(init, np.float32), *rest[:-1], boxes)
+    padded, batch = sharding.pad_batch(tree, mesh.size)
+    return sharding.shard_batch(padded, mesh), batch
+
+
+def _drive(
+    objective: Any,
+    images: jax.Array,
+    boxes: Bounds | None,
+    losses: Callable[[jax.Array], jax.Array],
+    batch: int,
+    schedule: Schedule,
+    progress: Callable[[int, int, np.ndarray, float], None] | None,
+    quality: Callable[[np.ndarray], np.ndarray] | None,
+    chunk: int | None,
+    since: tuple[int, float],
+    gradient: str,
+) -> OptimiseResult:
+    """The host loop of :func:`optimise` and :func:`refine_edges` on placed arrays: one jitted
+    epoch at a time (``chunk``: :func:`sets_per_chunk`), losses (``losses``: images → ``[B]``)
+    and the quality stop after each; ``batch`` of the sets are real (the rest pad the devices).
+    Compilation since the :class:`CompileCounter` snapshot ``since`` is reported apart from the
+    run's other time; ``gradient`` names the objective's gradient path."""
     states = jax.vmap(optimizer(schedule).init)(images)
-    history = [np.asarray(batch_loss(weights, images, targets))[:batch]]
+    history = [np.asarray(losses(images))[:batch]]
     best = scores = None
     if quality is not None:
-        best = np.array(init[:batch], np.float32)
+        best = np.array(images[:batch], np.float32)
         scores = [np.asarray(quality(best), np.float64)]
         kept = scores[0]
         best_epoch = np.zeros(batch, np.int64)
@@ -517,7 +611,7 @@ def optimise(
     epochs_run = 0
     for e in range(schedule.epochs):
         images, states = _epoch(objective, images, states, boxes, schedule, chunk)
-        history.append(np.asarray(batch_loss(weights, images, targets))[:batch])
+        history.append(np.asarray(losses(images))[:batch])
         epochs_run = e + 1
         if progress is not None:
             progress(epochs_run, schedule.epochs, history[-1], time.perf_counter() - start)
@@ -537,7 +631,7 @@ def optimise(
             if np.all(gain < schedule.tol):
                 break
     jax.block_until_ready(images)
-    compile_seconds = COMPILES.snapshot()[1] - compiled_before[1]
+    compile_seconds = COMPILES.snapshot()[1] - since[1]
     return OptimiseResult(
         images=np.asarray(jax.device_get(images))[:batch] if best is None else best,
         loss_history=np.stack(history),
@@ -546,5 +640,5 @@ def optimise(
         optimise_seconds=time.perf_counter() - start - compile_seconds,
         quality_history=None if scores is None else np.stack(scores),
         best_epoch=None if scores is None else best_epoch,
-        gradient=how,
+        gradient=gradient,
     )

@@ -11,6 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from semfuse_jax import metrics
+
 
 def select(features: jax.Array, index: jax.Array) -> jax.Array:
     """Pick ``features[index[...], ...]`` element-wise: ``[N, ...]`` × ``[...]`` → ``[...]``."""
@@ -122,3 +124,28 @@ def blend(features: jax.Array, weights: jax.Array) -> jax.Array:
     ``features`` ``[N, ..., H, W, C]`` and ``weights`` ``[N, ..., H, W]`` → ``[..., H, W, C]``.
     """
     return jnp.sum(weights[..., None] * features, axis=0)
+
+
+def strongest_gradient(images: jax.Array, radius: int = 1) -> tuple[jax.Array, jax.Array]:
+    """The gradient-domain choose-max: per pixel, the Sobel responses of the input with the most
+    gradient energy around it, and how clearly that input dominates there.
+
+    Energy is summed over channels (one input serves every channel) and averaged over
+    ``(2·radius+1)²`` windows before the inputs compete. Dominance is the winner's share of the
+    inputs' summed energy, ramped from 0 where it holds half of it (as much as all the others
+    together; for two inputs, a tie) to 1 where it holds all of it.
+
+    Args:
+      images: one set ``[N, H, W, C]``.
+
+    Returns:
+      The chosen field ``[2, H, W, C]`` (s_x, s_y of :func:`semfuse_jax.metrics.sobel`) and the
+      dominance ``[H, W]`` in ``[0, 1]`` (0 where no input has any gradient).
+    """
+    s_x, s_y = metrics.sobel(jnp.moveaxis(images, -1, 1))  # [N, C, H, W] each
+    energy = box_mean(jnp.sum(s_x * s_x + s_y * s_y, axis=1), radius)  # [N, H, W]
+    pick = jax.nn.one_hot(jnp.argmax(energy, axis=0), images.shape[0], axis=0)[:, None]
+    field = jnp.stack([jnp.sum(pick * s_x, axis=0), jnp.sum(pick * s_y, axis=0)])
+    total = jnp.sum(energy, axis=0)
+    share = jnp.max(energy, axis=0) / jnp.where(total > 0, total, 1.0)
+    return jnp.moveaxis(field, 1, -1), jnp.clip(2.0 * share - 1.0, 0.0, 1.0)

@@ -168,15 +168,14 @@ def fuse_and_save(
     records = []
     for b, (name, out) in enumerate(zip(names, outputs, strict=True)):
         files.save_image(out, result.fused[b], bits[b])
-        kept = -1 if result.best_epoch is None else int(result.best_epoch[b])
         history = None if result.loss_history is None else result.loss_history[:, b]
         record: Record = {
             "name": name,
             "output": str(out.resolve()),
             "bits": bits[b],
             "steps": result.steps,
-            # the loss of the image written (FM4: of the epoch it kept)
-            "final_loss": None if history is None else float(history[kept]),
+            # the feature loss of the image written (FM4: of the epoch or refinement it kept)
+            "final_loss": None if result.final_loss is None else float(result.final_loss[b]),
             "loss_history": None if history is None else [float(x) for x in history],
             "optimise_seconds": result.optimise_seconds,
             "compile_seconds": result.compile_seconds,
@@ -189,6 +188,13 @@ def fuse_and_save(
                 for k, metric in enumerate(fm4.QUALITY_NAMES)
             }
             record["best_epoch"] = int(result.best_epoch[b])
+        if result.edge_kept is not None:  # FM4: its edge refinement, and whether it was kept
+            record["edge_refinement"] = {"kept": bool(result.edge_kept[b])}
+            if result.edge_quality is not None:
+                record["edge_refinement"]["quality"] = {
+                    metric: [float(x) for x in result.edge_quality[:, b, k]]
+                    for k, metric in enumerate(fm4.EDGE_QUALITY_NAMES)
+                }
         if network is not None:
             record["classes"] = classifier.class_report(network, sets[b], result.fused[b])
         records.append(record)

@@ -169,6 +169,8 @@ def run_table(
                 record["steps"] = result.steps
                 if result.best_epoch is not None:  # FM4: the epoch its result comes from
                     record["kept_epoch"] = int(result.best_epoch[b])
+                if result.edge_kept is not None:  # FM4: whether its edge refinement was kept
+                    record["edge_kept"] = bool(result.edge_kept[b])
                 records.append(record | score(images[i], files.load_image(path)))  # the file
     settings = {"methods": [c.method for c in configs], "configs": [c.to_dict() for c in configs]}
     write_table(out, records, settings)

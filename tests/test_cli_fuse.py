@@ -15,6 +15,8 @@ import pytest
 from conftest import run_tool_cases
 from PIL import Image
 
+from semfuse_jax import fm4
+
 FEW_STEPS = ("--epochs=2", "--iters=5")
 
 
@@ -83,6 +85,10 @@ def single_runs(clock, data_dir, real_weights_file, tmp_path_factory) -> tuple[d
             "--iters=20",
         ],
     }
+    cases["fm4_plain"] = [  # the same without the edge refinement
+        *(a.replace("head.", "head_plain.") for a in cases["fm4"]),
+        "--norefine_edges",
+    ]
     results = run_tool_cases("fuse", list(cases.values()), tmp_path_factory.mktemp("cases"))
     return dict(zip(cases, results, strict=True)), d
 
@@ -118,9 +124,21 @@ def check_fm4_writes_the_fusion_and_reports_its_quality(results: dict, d: Path) 
     qe, qabf = qe["qe"], qabf["qabf_petrovic"]
     assert record["method"] == "fm4" and best > 0  # the refinement beat the pyramid start
     assert qe[best] >= qe[0] and qabf[best] >= qabf[0] and qe[best] + qabf[best] > qe[0] + qabf[0]
-    assert record["steps"] == 20 * (len(qe) - 1)
-    assert record["final_loss"] == record["loss_history"][best]  # the image written
+    edge = record["edge_refinement"]  # FM4's last step, and whether it was kept
+    assert [edge["quality"][k][0] for k in ("qe", "qabf_petrovic")] == [qe[best], qabf[best]]
+    assert record["steps"] == 20 * (len(qe) - 1) + fm4.EDGE_SCHEDULE.iters
+    if not edge["kept"]:
+        assert record["final_loss"] == record["loss_history"][best]  # the image written
+    else:
+        assert all(after >= before for before, after in edge["quality"].values())
     assert len(record["weights_sha256"]) == 64 and "--method=fm4" in record["command"]
+    assert results["fm4_plain"]["returncode"] == 0, results["fm4_plain"]["stderr"]
+    plain = json.loads((d / "head_plain.json").read_text())
+    assert plain["config"]["refine_edges"] is False and "edge_refinement" not in plain
+    assert plain["steps"] == 20 * (len(qe) - 1) and plain["loss_history"] == record["loss_history"]
+    assert plain["final_loss"] == plain["loss_history"][best]
+    written = [np.asarray(Image.open(d / f), np.int16) for f in ("head.png", "head_plain.png")]
+    assert (np.abs(written[0] - written[1]).max() > 0) == edge["kept"]
 
 
 def test_single_set_runs_write_what_they_report(

@@ -70,6 +70,12 @@ COLOUR = flags.DEFINE_enum(
     "colourful input), auto (luminance when a set mixes grey and colour inputs); default: the "
     "method's own (auto for fm4/fm5/ycbcr-style colour-true methods, else rgb).",
 )
+REFINE_EDGES = flags.DEFINE_bool(
+    "refine_edges",
+    True,
+    "FM4: refine its result in the gradient domain towards the strongest input's edges, kept "
+    "only when no quality criterion gets worse (--norefine_edges: without it).",
+)
 FM2_TARGET = flags.DEFINE_enum(
     "fm2_target", "original", ["original", "weighted"], "FM2 target values."
 )
@@ -131,6 +137,7 @@ def config_from_flags(method: str | None) -> fusion.FusionConfig:
         gradient=GRADIENT.value,
         batching=BATCHING.value,
         colour=COLOUR.value,
+        refine_edges=REFINE_EDGES.value,
     )
 
 
