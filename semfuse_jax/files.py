@@ -243,12 +243,26 @@ def save_image(path: str | os.PathLike[str], image: np.ndarray, bits: int = 8) -
     image = np.asarray(image, np.float32)
     if not np.all(np.isfinite(image)):
         raise SemfuseError(f"refusing to write {path}: the image holds NaN or Inf")
-    if bits == 16 and image.shape[-1] == 1:
-        levels = np.round(np.clip(image[..., 0], 0.0, 1.0) * 65535.0).astype(np.uint16)
-        write_pil(path, Image.fromarray(levels))  # mode I;16
+    pixels, top = _levels(image, bits)
+    if top == 65535:
+        write_pil(path, Image.fromarray(pixels[..., 0].astype(np.uint16)))  # mode I;16
         return
-    pixels = np.round(np.clip(image, 0.0, 1.0) * 255.0).astype(np.uint8)
+    pixels = pixels.astype(np.uint8)
     write_pil(path, Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels))
+
+
+def quantise(image: np.ndarray, bits: int = 8) -> np.ndarray:
+    """``image`` ``[..., H, W, 1|3]`` as :func:`save_image` stores it at ``bits``, back in
+    ``[0, 1]`` (float32): clipped and rounded to the file's levels."""
+    pixels, top = _levels(np.asarray(image, np.float32), bits)
+    return (pixels / top).astype(np.float32)
+
+
+def _levels(image: np.ndarray, bits: int) -> tuple[np.ndarray, int]:
+    """The integer levels (as floats) ``image`` is stored as, and the top level: 65535 for a
+    16-bit grey image, else 255."""
+    top = 65535 if bits == 16 and image.shape[-1] == 1 else 255
+    return np.round(np.clip(image, 0.0, 1.0) * top), top
 
 
 def write_text(path: str | os.PathLike[str], text: str) -> None:

@@ -12,15 +12,18 @@
   of the kept chroma's gamut than the start (:func:`semfuse_jax.colour.keep_chroma`).
 - **Stopping**: Adam runs the schedule; per set the last epoch that improved source-referenced
   quality is kept (Q_E and Petrovic Q^{AB/F}, neither worse: :func:`quality` with
-  :data:`QUALITY_NAMES`). Its result therefore often *is* the start image (``best_epoch`` 0):
-  reports say which epoch was kept.
+  :data:`QUALITY_NAMES`), scored as the file will store it when the caller gives its bit depth
+  (:func:`semfuse_jax.fusion.fuse`'s ``bits``). Its result therefore often *is* the start
+  image (``best_epoch`` 0): reports say which epoch was kept.
 - **Edges**: the kept image is refined in the gradient domain (:func:`edge_target`,
   :class:`semfuse_jax.optimise.EdgeObjective`): its Sobel gradients are pulled towards those of
   the input with the most gradient energy, as strongly as that input dominates there, while it
-  stays near the image refined, in the same range. The refinement is kept only where none of
-  Q_E, Petrovic Q^{AB/F} and MEF-SSIM gets worse (:data:`EDGE_QUALITY_NAMES`): its choice of
-  gradients is made pixel by pixel, and MEF-SSIM's structure term is what sees structures of
-  different inputs mixed inside a window. Reports say whether it was kept.
+  stays near the image refined, in the same range. The refinement is kept only where it raises
+  the sum of Q_E, Petrovic Q^{AB/F} and MEF-SSIM (:data:`EDGE_QUALITY_NAMES`) and the scores
+  that fall lose at most 1/:data:`EDGE_TRADE` of what the others gain
+  (:func:`semfuse_jax.optimise.improves`): its choice of gradients is made pixel by pixel, and
+  MEF-SSIM's structure term is what sees structures of different inputs mixed inside a window.
+  Reports say whether it was kept.
 
 ``benchmarks/quality.py`` and ``benchmarks/RESULTS.md`` show why each part is there.
 """
@@ -158,6 +161,7 @@ def start(images: jax.Array) -> tuple[jax.Array, jax.Array]:
 EDGE_RADIUS = 1  # gradient energy compared over 3×3 windows (rules.strongest_gradient)
 EDGE_FIDELITY = 0.05  # weight of staying at the refined image against the edge term
 EDGE_SCHEDULE = Schedule(epochs=1, iters=100, lr=0.5, lr_decay=1.0)  # one epoch, one decision
+EDGE_TRADE = 20.0  # the refinement may lose on some scores 1/20 of what it gains on the others
 
 
 def edge_target(images: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -188,20 +192,25 @@ EDGE_QUALITY_NAMES = ("qe", "qabf_petrovic", "mef_ssim")  # … and its edge ref
 
 
 def quality(
-    images: np.ndarray, names: tuple[str, ...] = QUALITY_NAMES
+    images: np.ndarray,
+    names: tuple[str, ...] = QUALITY_NAMES,
+    store: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> Callable[[np.ndarray], np.ndarray] | None:
     """FM4's stopping signal for a batch of sets ``[B, N, H, W, C]``: a function scoring
     candidates ``[B, H, W, C] → [B, K]`` by the K metrics ``names`` (of
     :data:`semfuse_jax.metrics.NAMES`) against the inputs (luminance, float64); they use only
-    the inputs, no reference image. None for images smaller than the metrics' 11×11 minimum
-    (FM4 then runs its whole schedule)."""
+    the inputs, no reference image. ``store`` maps candidates to the images as they will be
+    stored (``[B, H, W, 1|3]``: rounded to the file's bit depth, with the chroma of a
+    colour-true fusion), so the scores are those of the files; None scores them as they are.
+    None for images smaller than the metrics' 11×11 minimum (FM4 then runs its whole
+    schedule)."""
     if min(images.shape[2:4]) < 11:
         return None
     sources = metrics.luminance_255(images)
     scorers = [getattr(metrics, name) for name in names]
 
     def score(fused: np.ndarray) -> np.ndarray:
-        candidate = metrics.luminance_255(fused)
+        candidate = metrics.luminance_255(fused if store is None else store(fused))
         return np.stack([scorer(sources, candidate) for scorer in scorers], axis=-1)
 
     return score

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from semfuse_jax import cam, classifier, colour, fm4, methods
+from semfuse_jax import cam, classifier, colour, files, fm4, methods
 from semfuse_jax.errors import SemfuseError
 from semfuse_jax.optimise import (
     BATCHING,
@@ -172,13 +172,14 @@ class FusionResult:
       probabilities: ``[B, N, H, W]`` CAM probability maps (FM2/FM3), else None.
       mixing: ``[B, N, H, W]`` mixing weights (FM3), else None.
       quality_history: ``[E + 1, B, K]`` FM4's quality scores per epoch of its optimisation
-        (:data:`semfuse_jax.fm4.QUALITY_NAMES`), else None.
+        (:data:`semfuse_jax.fm4.QUALITY_NAMES`; of the images as stored when :func:`fuse` was
+        given ``bits``), else None.
       best_epoch: ``[B]`` epoch of the optimisation each FM4 result comes from (0: the pyramid
         start), else None.
       final_loss: ``[B]`` the feature loss of the images returned (None for non-optimising
         methods).
       edge_quality: ``[2, B, K]`` FM4's quality scores before and after its edge refinement
-        (:data:`semfuse_jax.fm4.EDGE_QUALITY_NAMES`), else None.
+        (:data:`semfuse_jax.fm4.EDGE_QUALITY_NAMES`; as stored, as above), else None.
       edge_kept: ``[B]`` whether each FM4 result is the edge refinement's (else the epoch
         ``best_epoch``), else None.
     """
@@ -315,35 +316,55 @@ def fuse(
     config: FusionConfig,
     progress: Callable[[int, int, np.ndarray, float], None] | None = None,
     network: classifier.Network | None = None,
+    bits: Sequence[int] | None = None,
 ) -> FusionResult:
     """Fuse a batch of image sets with ``config.method``.
 
     Colour sets are fused in RGB or, per ``config.colour_mode`` (:mod:`semfuse_jax.colour`), as
     luminance with the chroma kept; a batch holding both kinds is fused as two batches.
 
-    Args: see :func:`fuse_planes`.
+    Args: see :func:`fuse_planes`; ``bits`` ``[B]``: the bit depth each result will be stored
+      at (:func:`semfuse_jax.files.save_image`), or None to keep it float. FM4's quality stop
+      and edge refinement then score every candidate as it will be stored, so their decisions
+      and the scores in ``quality_history`` and ``edge_quality`` are those of the file.
     """
     images = np.asarray(images, np.float32)
     if images.ndim != 5 or images.shape[1] < 2 or images.shape[-1] not in (1, 3):
         raise SemfuseError(f"expected [B, N>=2, H, W, 1|3] images, got shape {images.shape}")
+    if bits is not None and (len(bits) != len(images) or not set(bits) <= {8, 16}):
+        raise SemfuseError(f"bits must give 8 or 16 for each of the {len(images)} sets")
     luminance = colour.use_luminance(config.colour_mode, images)
     if not luminance.any():
-        return fuse_planes(weights, images, config, progress, network)
+        return fuse_planes(weights, images, config, progress, network, None, bits)
     if not luminance.all():
         parts = [
             (np.flatnonzero(~luminance), dataclasses.replace(config, colour="rgb")),
             (np.flatnonzero(luminance), dataclasses.replace(config, colour="luminance")),
         ]
-        results = [fuse(weights, images[i], c, progress, network) for i, c in parts]
+        results = [fuse(weights, images[i], c, progress, network, _take(bits, i)) for i, c in parts]
         return _merge([i for i, _ in parts], results)
     ycbcr = colour.to_ycbcr(jnp.asarray(images))
     chroma = colour.chroma_of_strongest(ycbcr[..., 1:])
-    result = fuse_planes(weights, np.asarray(ycbcr[..., :1]), config, progress, network, chroma)
+    planes = np.asarray(ycbcr[..., :1])
+    result = fuse_planes(weights, planes, config, progress, network, chroma, bits)
     return dataclasses.replace(
         result,
         fused=np.asarray(colour.combine(jnp.asarray(result.fused), chroma)),
         average=np.mean(images, axis=1),
     )
+
+
+def _take(bits: Sequence[int] | None, indices: np.ndarray) -> list[int] | None:
+    """The bit depths of the sets ``indices`` (None stays None)."""
+    return None if bits is None else [int(bits[i]) for i in indices]
+
+
+def stored(planes: np.ndarray, bits: Sequence[int], chroma: jax.Array | None = None) -> np.ndarray:
+    """Results ``[B, H, W, C]`` as their files will hold them, in ``[0, 1]``: combined with
+    ``chroma`` ``[B, H, W, 2]`` in a colour-true fusion (then RGB), and rounded to each set's
+    bit depth ``bits`` ``[B]`` (:func:`semfuse_jax.files.quantise`)."""
+    image = planes if chroma is None else np.asarray(colour.combine(jnp.asarray(planes), chroma))
+    return np.stack([files.quantise(x, int(b)) for x, b in zip(image, bits, strict=True)])
 
 
 def _merge(indices: Sequence[np.ndarray], results: Sequence[FusionResult]) -> FusionResult:
@@ -383,6 +404,7 @@ def fuse_planes(
     progress: Callable[[int, int, np.ndarray, float], None] | None = None,
     network: classifier.Network | None = None,
     chroma: jax.Array | None = None,
+    bits: Sequence[int] | None = None,
 ) -> FusionResult:
     """Fuse a batch of image sets with ``config.method`` on the planes given (grey, RGB, or the
     luminance of a colour-true fusion), with no colour handling.
@@ -400,6 +422,8 @@ def fuse_planes(
         combined with: a method with bounds (FM4) then also keeps its steps from taking the
         luminance further out of that chroma's gamut than its start
         (:func:`semfuse_jax.colour.keep_chroma`).
+      bits: ``[B]`` bit depths the results will be stored at: FM4 scores its candidates as
+        stored (:func:`stored`, with ``chroma``); None: as they are.
     """
     spec = config.spec
     images = jnp.asarray(images, jnp.float32)
@@ -438,7 +462,9 @@ def fuse_planes(
     init = jnp.clip(init, *(bounds or (0.0, 1.0)))
     if bounds is not None and chroma is not None:
         bounds = colour.keep_chroma(bounds, jnp.asarray(chroma), init)
-    quality = fm4.quality(np.asarray(images)) if spec.quality_stop else None
+    store = None if bits is None else partial(stored, bits=bits, chroma=chroma)
+    sources = np.asarray(images)
+    quality = fm4.quality(sources, fm4.QUALITY_NAMES, store) if spec.quality_stop else None
     boxes = None if bounds is None else tuple(np.asarray(b) for b in bounds)
     result = optimise(
         weights,
@@ -457,12 +483,10 @@ def fuse_planes(
     fused, edge = result.images, None
     if spec.edges is not None and config.refine_edges:
         field, strength = per_set(spec.edges, images)
-        judge = (
-            fm4.quality(np.asarray(images), fm4.EDGE_QUALITY_NAMES) if spec.quality_stop else None
-        )
+        judge = fm4.quality(sources, fm4.EDGE_QUALITY_NAMES, store) if spec.quality_stop else None
         edge = refine_edges(
             fused, field, strength, fm4.EDGE_SCHEDULE, fm4.EDGE_FIDELITY, judge, config.batching,
-            boxes,
+            boxes, fm4.EDGE_TRADE,
         )  # fmt: skip
         refined = edge.best_epoch > 0 if edge.best_epoch is not None else np.ones(len(init), bool)
         fused = edge.images

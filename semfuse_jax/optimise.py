@@ -29,6 +29,7 @@ gradient-domain :class:`EdgeObjective` (FM4's edge refinement).
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from collections.abc import Callable, Mapping
 from functools import partial
@@ -514,9 +515,10 @@ def optimise(
       quality: optional host function scoring images ``[B, H, W, C] → [B, K]`` on K criteria
         (higher is better). It scores the initial images and each epoch's result; an epoch's
         images replace a set's kept ones when they are no worse on any criterion and better on
-        their sum. Each set stops at its first epoch without such a gain and returns its kept
-        images (so a set's result does not depend on the batch it runs in); the run stops when
-        every set has stopped (early stopping on quality instead of on the loss).
+        their sum (:func:`improves`, strict). Each set stops at its first epoch without such a
+        gain and returns its kept images (so a set's result does not depend on the batch it
+        runs in); the run stops when every set has stopped (early stopping on quality instead
+        of on the loss).
       gradient: ``auto``, ``quadratic`` or ``network`` (see :func:`choose_gradient`).
       batching: ``auto``, ``vmap`` or ``map`` (see :func:`sets_per_chunk`).
       bounds: per-pixel ``(low, high)``, each ``[B, H, W, C]`` within ``[0, 1]`` and holding
@@ -550,11 +552,13 @@ def refine_edges(
     quality: Callable[[np.ndarray], np.ndarray] | None = None,
     batching: str = "auto",
     bounds: tuple[np.ndarray, np.ndarray] | None = None,
+    trade: float = math.inf,
 ) -> OptimiseResult:
     """Run the Adam schedule on the :class:`EdgeObjective` of a batch anchored at its ``init``
     ``[B, H, W, C]`` (target fields ``edges`` ``[B, 2, H, W, C]``, weights ``strength``
-    ``[B, H, W]``), with the driver, devices, quality stop and bounds of :func:`optimise`. Its
-    losses are the edge objective's."""
+    ``[B, H, W]``), with the driver, devices, quality stop and bounds of :func:`optimise`; an
+    epoch improves on the kept images by :func:`improves` with ``trade``. Its losses are the
+    edge objective's."""
     mesh = sharding.batch_mesh()
     init = np.asarray(init, np.float32)
     arrays = (init, init, np.asarray(edges, np.float32), np.asarray(strength, np.float32), bounds)
@@ -564,8 +568,20 @@ def refine_edges(
     losses = partial(batch_edge_loss, objective)
     chunk = sets_per_chunk(batching, mesh.size)
     return _drive(
-        objective, images, boxes, losses, batch, schedule, None, quality, chunk, since, "edges"
-    )
+        objective, images, boxes, losses, batch, schedule, None, quality, chunk, since, "edges",
+        trade,
+    )  # fmt: skip
+
+
+def improves(new: np.ndarray, kept: np.ndarray, trade: float = math.inf) -> np.ndarray:
+    """Whether quality scores ``new`` ``[B, K]`` improve on ``kept`` ``[B, K]`` (higher is
+    better), per set ``[B]``: their sum rises, and what the scores that fall lose together is at
+    most ``1/trade`` of what the scores that rise gain (``trade`` inf, the default: no score may
+    fall at all)."""
+    delta = np.asarray(new, np.float64) - np.asarray(kept, np.float64)
+    gain = np.sum(np.maximum(delta, 0.0), axis=-1)
+    loss = np.sum(np.maximum(-delta, 0.0), axis=-1)
+    return (gain > loss) & (loss <= gain / trade)
 
 
 def _place(arrays: tuple, mesh: Any) -> tuple[tuple, int]:
@@ -591,12 +607,14 @@ def _drive(
     chunk: int | None,
     since: tuple[int, float],
     gradient: str,
+    trade: float = math.inf,
 ) -> OptimiseResult:
     """The host loop of :func:`optimise` and :func:`refine_edges` on placed arrays: one jitted
     epoch at a time (``chunk``: :func:`sets_per_chunk`), losses (``losses``: images → ``[B]``)
     and the quality stop after each; ``batch`` of the sets are real (the rest pad the devices).
     Compilation since the :class:`CompileCounter` snapshot ``since`` is reported apart from the
-    run's other time; ``gradient`` names the objective's gradient path."""
+    run's other time; ``gradient`` names the objective's gradient path; ``trade`` is
+    :func:`improves`'."""
     states = jax.vmap(optimizer(schedule).init)(images)
     history = [np.asarray(losses(images))[:batch]]
     best = scores = None
@@ -619,7 +637,7 @@ def _drive(
             current = np.asarray(jax.device_get(images))[:batch]
             scores.append(np.asarray(quality(current), np.float64))
             new = scores[-1]
-            better = active & np.all(new >= kept, axis=-1) & (new.sum(-1) > kept.sum(-1))
+            better = active & improves(new, kept, trade)
             best[better] = current[better]
             kept = np.where(better[:, None], new, kept)
             best_epoch[better] = epochs_run

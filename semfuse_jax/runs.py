@@ -163,7 +163,7 @@ def fuse_and_save(
     return per-set records (with the classes of the inputs and the result when a classifier
     ``network`` is given)."""
     start = time.perf_counter()
-    result = fusion.fuse(w, np.stack(sets), config, progress=log_progress, network=network)
+    result = fusion.fuse(w, np.stack(sets), config, log_progress, network, bits)
     seconds = time.perf_counter() - start
     records = []
     for b, (name, out) in enumerate(zip(names, outputs, strict=True)):

@@ -160,11 +160,12 @@ def run_table(
     for config in configs:
         for batch in fusion.group_batches([s.shape for s in images], batch_size):
             logging.info("%s: %s", config.method, ", ".join(found[i][1] for i in batch))
-            result = fusion.fuse(w, np.stack([images[i] for i in batch]), config)
+            bits = [max(files.bit_depth(p) for p in found[i][2]) for i in batch]
+            result = fusion.fuse(w, np.stack([images[i] for i in batch]), config, bits=bits)
             for b, i in enumerate(batch):
-                domain, name, paths = found[i]
+                domain, name, _ = found[i]
                 path = fused_path[config.method, domain, name]
-                files.save_image(path, result.fused[b], max(files.bit_depth(p) for p in paths))
+                files.save_image(path, result.fused[b], bits[b])
                 record = {"domain": domain, "set": name, "method": config.method}
                 record["steps"] = result.steps
                 if result.best_epoch is not None:  # FM4: the epoch its result comes from

@@ -15,7 +15,8 @@ import pytest
 from conftest import run_tool_cases
 from PIL import Image
 
-from semfuse_jax import fm4
+from semfuse_jax import files, fm4, metrics
+from semfuse_jax.optimise import improves
 
 FEW_STEPS = ("--epochs=2", "--iters=5")
 
@@ -130,7 +131,8 @@ def check_fm4_writes_the_fusion_and_reports_its_quality(results: dict, d: Path) 
     if not edge["kept"]:
         assert record["final_loss"] == record["loss_history"][best]  # the image written
     else:
-        assert all(after >= before for before, after in edge["quality"].values())
+        before, after = np.array(list(edge["quality"].values())).T  # [K] each
+        assert improves(after[None], before[None], fm4.EDGE_TRADE)[0]
     assert len(record["weights_sha256"]) == 64 and "--method=fm4" in record["command"]
     assert results["fm4_plain"]["returncode"] == 0, results["fm4_plain"]["stderr"]
     plain = json.loads((d / "head_plain.json").read_text())
@@ -139,6 +141,13 @@ def check_fm4_writes_the_fusion_and_reports_its_quality(results: dict, d: Path) 
     assert plain["final_loss"] == plain["loss_history"][best]
     written = [np.asarray(Image.open(d / f), np.int16) for f in ("head.png", "head_plain.png")]
     assert (np.abs(written[0] - written[1]).max() > 0) == edge["kept"]
+    # the scores FM4 decided by and reports are those of the file it wrote
+    inputs = np.stack([files.load_image(p) for p in record["inputs"]])
+    sources = metrics.luminance_255(inputs[None])
+    result = metrics.luminance_255(files.load_image(d / "head.png")[None])
+    for name, values in edge["quality"].items():
+        score = float(getattr(metrics, name)(sources, result)[0])
+        assert values[int(edge["kept"])] == pytest.approx(score, abs=1e-9), name
 
 
 def test_single_set_runs_write_what_they_report(

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from semfuse_jax import baselines, colour, files, fusion, metrics, tables
+from semfuse_jax import baselines, colour, files, fm4, fusion, metrics, tables
 from semfuse_jax.optimise import Schedule
 
 
@@ -128,6 +128,23 @@ def test_a_batch_mixing_colour_true_and_rgb_sets_equals_each_set_alone(mri_pet):
         np.testing.assert_array_equal(together[b], alone)
     ycbcr = fusion.fuse(None, batch[:1], fusion.FusionConfig(method="ycbcr")).fused[0]
     np.testing.assert_array_equal(ycbcr, together[0])  # ycbcr = laplacian on luminance
+
+
+def test_fm4_scores_its_candidates_as_the_files_will_hold_them(real_weights, mri_pet):
+    colour_set = np.stack([mri_pet[1], mri_pet[1, :, ::-1]])  # fused in RGB, beside a
+    batch = np.stack([mri_pet, colour_set])  # colour-true set
+    config = fusion.FusionConfig(method="fm4", schedule=Schedule(epochs=2, iters=20))
+    result = fusion.fuse(real_weights, batch, config, bits=[8, 8])
+    for b in range(2):
+        sources = metrics.luminance_255(batch[b : b + 1])
+        as_float = metrics.luminance_255(result.fused[b : b + 1])
+        as_file = metrics.luminance_255(files.quantise(result.fused[b : b + 1], 8))
+        reported = result.edge_quality[int(result.edge_kept[b]), b]
+        scores = [getattr(metrics, name) for name in fm4.EDGE_QUALITY_NAMES]
+        file = np.array([float(score(sources, as_file)[0]) for score in scores])
+        unrounded = np.array([float(score(sources, as_float)[0]) for score in scores])
+        np.testing.assert_allclose(reported, file, atol=1e-6)  # float32 luminance planes
+        assert np.abs(reported - unrounded).max() > 1e-5  # the rounding is seen
 
 
 def test_mertens_weights_follow_the_definition_and_identical_inputs_come_back():

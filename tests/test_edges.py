@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from semfuse_jax import files, fm4, fusion, rules
-from semfuse_jax.optimise import EdgeObjective, Schedule, batch_loss, refine_edges
+from semfuse_jax.optimise import EdgeObjective, Schedule, batch_loss, improves, refine_edges
 
 SHORT = Schedule(epochs=2, iters=10, lr=1.0, lr_decay=0.7)
 
@@ -109,6 +109,43 @@ def test_refine_edges_recovers_a_target_field_inside_the_bounds_and_keeps_by_qua
     np.testing.assert_array_equal(kept.best_epoch, [0, 0])
     assert len(calls) == 2  # the start and one epoch, then it stopped
 
+    # a score that falls a little while another rises a lot: refused strictly, kept by a trade
+    def sharper_but_further(images: np.ndarray) -> np.ndarray:
+        error = np.abs(images[..., 0] - sharp).mean(axis=(1, 2))
+        moved = np.abs(images - init).mean(axis=(1, 2, 3))
+        return np.stack([-error, -0.01 * moved], axis=-1)
+
+    one = Schedule(epochs=1, iters=100, lr=0.5, lr_decay=1.0)
+    refined = refine_edges(init, edges, strength, one, 0.01, None, "auto", bounds).images
+    scores = sharper_but_further(refined) - sharper_but_further(init)  # [2, 2]
+    ratio = scores[0, 0] / -scores[0, 1]
+    assert 1 < ratio < 1e3, scores  # a gain and a smaller loss
+    strict = refine_edges(init, edges, strength, one, 0.01, sharper_but_further, "auto", bounds)
+    np.testing.assert_array_equal(strict.best_epoch, [0, 0])
+    for trade, taken in ((ratio / 2, [1, 1]), (ratio * 2, [0, 0])):
+        traded = refine_edges(
+            init, edges, strength, one, 0.01, sharper_but_further, "auto", bounds, trade
+        )
+        np.testing.assert_array_equal(traded.best_epoch, taken)
+
+
+def test_improves_weighs_what_falls_against_what_rises():
+    kept = np.array([[0.5, 0.5, 0.5]] * 6)
+    new = kept + np.array(
+        [
+            [0.01, 0.0, 0.0],  # one rises, none falls
+            [0.0, 0.0, 0.0],  # nothing changes
+            [0.04, 0.0, -0.001],  # a large gain for a small loss (40×)
+            [0.01, 0.0, -0.001],  # 10×
+            [0.001, 0.0, -0.001],  # the sum stays
+            [-0.01, 0.0, 0.0],  # one falls
+        ]
+    )
+    np.testing.assert_array_equal(improves(new, kept), [1, 0, 0, 0, 0, 0])
+    np.testing.assert_array_equal(improves(new, kept, 20.0), [1, 0, 1, 0, 0, 0])
+    np.testing.assert_array_equal(improves(new, kept, 5.0), [1, 0, 1, 1, 0, 0])
+    np.testing.assert_array_equal(improves(new, kept, 1.0), [1, 0, 1, 1, 0, 0])
+
 
 @pytest.fixture(scope="module")
 def kayak(data_dir) -> np.ndarray:
@@ -120,7 +157,9 @@ def kayak(data_dir) -> np.ndarray:
     return fusion.stack_set(images)[None]
 
 
-def test_fm4_keeps_its_edge_refinement_only_when_no_criterion_gets_worse(real_weights, kayak):
+def test_fm4_keeps_its_edge_refinement_only_when_it_gains_far_more_than_it_loses(
+    real_weights, kayak
+):
     plain = fusion.fuse(
         real_weights, kayak, fusion.FusionConfig(method="fm4", schedule=SHORT, refine_edges=False)
     )
@@ -133,7 +172,8 @@ def test_fm4_keeps_its_edge_refinement_only_when_no_criterion_gets_worse(real_we
         judge(result.fused)[0], after if result.edge_kept[0] else before, rtol=1e-6
     )
     assert result.edge_kept[0]  # on this crop the hot target's edges come back
-    assert np.all(after >= before) and after[1] > before[1] + 0.01  # Petrovic Q^{AB/F} rises
+    assert improves(after[None], before[None], fm4.EDGE_TRADE)[0]
+    assert after[1] > before[1] + 0.01  # Petrovic Q^{AB/F} rises
     assert result.steps == plain.steps + fm4.EDGE_SCHEDULE.iters
     low, high = (np.asarray(b) for b in fm4.local_range(jnp.asarray(kayak[0])))
     assert np.all(result.fused[0] >= low) and np.all(result.fused[0] <= high)

@@ -33,6 +33,18 @@ def test_grey_8_and_16_bit(tmp_path):
     np.testing.assert_allclose(out16[..., 0], deep / 65535.0, rtol=1e-6)
 
 
+def test_quantise_is_what_save_image_stores(tmp_path):
+    grey = RNG.random((5, 7, 1)).astype(np.float32) * 1.2 - 0.1  # out of range at both ends
+    colour = RNG.random((5, 7, 3)).astype(np.float32)
+    colour[0, :, 1] = 0.0  # so the file stays colour
+    for name, image, bits in (("g8.png", grey, 8), ("g16.png", grey, 16), ("c.png", colour, 8)):
+        files.save_image(tmp_path / name, image, bits)
+        written = files.load_image(tmp_path / name)
+        np.testing.assert_array_equal(files.quantise(image, bits), written)
+    assert np.unique(files.quantise(grey, 8)).size <= 256
+    assert np.abs(files.quantise(grey, 16) - np.clip(grey, 0, 1)).max() <= 0.5 / 65535 + 1e-7
+
+
 def test_rgb_grey_detection_and_true_colour(tmp_path):
     grey = RNG.integers(0, 250, (6, 6), dtype=np.uint8)
     nearly = np.stack([grey, grey + 2, grey + 1], axis=-1).astype(np.uint8)  # JPEG-like wobble

@@ -140,6 +140,10 @@ def test_bad_sets_and_settings_are_refused():
         fusion.FusionConfig(method="fm9")
     with pytest.raises(SemfuseError, match="epochs"):
         Schedule(epochs=0)
+    pair = np.zeros((1, 2, 4, 4, 1), np.float32)
+    for bits in ([8, 8], [12]):
+        with pytest.raises(SemfuseError, match="8 or 16 for each of the 1 sets"):
+            fusion.fuse(None, pair, fusion.FusionConfig(method="average"), bits=bits)
 
 
 def test_fast_solver_reaches_the_adam_loss(real_weights, data_dir):

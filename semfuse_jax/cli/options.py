@@ -74,7 +74,7 @@ REFINE_EDGES = flags.DEFINE_bool(
     "refine_edges",
     True,
     "FM4: refine its result in the gradient domain towards the strongest input's edges, kept "
-    "only when no quality criterion gets worse (--norefine_edges: without it).",
+    "only when its quality gains far outweigh any loss (--norefine_edges: without it).",
 )
 FM2_TARGET = flags.DEFINE_enum(
     "fm2_target", "original", ["original", "weighted"], "FM2 target values."
