@@ -463,7 +463,7 @@ def fuse_planes(
     if bounds is not None and chroma is not None:
         bounds = colour.keep_chroma(bounds, jnp.asarray(chroma), init)
     store = None if bits is None else partial(stored, bits=bits, chroma=chroma)
-    sources = np.asarray(images)
+    sources = np.asarray(images) if spec.quality_stop else None
     quality = fm4.quality(sources, fm4.QUALITY_NAMES, store) if spec.quality_stop else None
     boxes = None if bounds is None else tuple(np.asarray(b) for b in bounds)
     result = optimise(
