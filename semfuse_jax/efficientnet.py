@@ -40,14 +40,15 @@ import numpy as np
 
 from semfuse_jax import torch_file
 from semfuse_jax.errors import SemfuseError
-from semfuse_jax.files import atomic_path
 from semfuse_jax.weightfiles import (
     Preprocessing,
     cache_dir,
     content_digest,
     file_digests,
+    is_safetensors,
     preprocess,
     read_safetensors,
+    write_safetensors,
 )
 
 FORMAT = "semfuse_jax.efficientnet_lite/1"
@@ -394,8 +395,6 @@ def package_file(name: str) -> Path:
 
 def save_canonical(path: Path, weights: EfficientNetWeights, source_sha256: str) -> None:
     """Write folded params + preprocessing + digests as one safetensors file, atomically."""
-    from safetensors.numpy import save_file
-
     order = layer_order(weights.spec)
     params = {k: {p: np.asarray(v) for p, v in weights.params[k].items()} for k in order}
     tensors = {f"{layer}.{part}": v for layer, p in params.items() for part, v in p.items()}
@@ -407,8 +406,7 @@ def save_canonical(path: Path, weights: EfficientNetWeights, source_sha256: str)
         "source": weights.source,
         "source_sha256": source_sha256,
     }
-    with atomic_path(path) as tmp:
-        save_file(tensors, tmp, metadata=metadata)
+    write_safetensors(path, tensors, metadata)
 
 
 def read_canonical(path: Path) -> EfficientNetWeights:
@@ -445,8 +443,8 @@ def load(name: str = "efficientnet_lite0", path: str | os.PathLike[str] | None =
         if not path.is_file():
             raise SemfuseError(f"weights file {path} does not exist")
         with open(path, "rb") as f:
-            is_safetensors = f.read(9)[8:9] == b"{"
-        if is_safetensors:
+            head = f.read(9)
+        if is_safetensors(head):
             weights = read_canonical(path)
         else:
             state = torch_file.load_state_dict(path)

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from semfuse_jax.errors import SemfuseError
+from semfuse_jax.errors import SemfuseError, write_error
 
 GREY_TOLERANCE = 4
 LUMA = np.array([0.299, 0.587, 0.114], np.float32)
@@ -51,7 +51,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
     except OSError as exc:
-        raise SemfuseError(f"cannot write {path}: {exc.strerror}") from None
+        raise write_error(path, exc) from None
     os.close(fd)
     try:
         yield Path(tmp)
@@ -271,7 +271,7 @@ def write_text(path: str | os.PathLike[str], text: str) -> None:
         with atomic_path(path) as tmp:
             tmp.write_text(text, encoding="utf-8")
     except OSError as exc:
-        raise SemfuseError(f"cannot write {path}: {exc.strerror or exc}") from None
+        raise write_error(path, exc) from None
 
 
 def write_pil(path: str | os.PathLike[str], image: Image.Image) -> None:
@@ -279,5 +279,7 @@ def write_pil(path: str | os.PathLike[str], image: Image.Image) -> None:
     try:
         with atomic_path(path) as tmp:
             image.save(tmp)
-    except (OSError, ValueError, KeyError) as exc:
+    except OSError as exc:
+        raise write_error(path, exc) from None
+    except (ValueError, KeyError) as exc:
         raise SemfuseError(f"cannot write {path}: {exc}") from None

@@ -36,7 +36,7 @@ from absl import logging
 
 import semfuse_jax
 from semfuse_jax import classifier, files, fm4, fusion, weightfiles, weights
-from semfuse_jax.errors import SemfuseError
+from semfuse_jax.errors import DiskFullError, SemfuseError, write_error
 from semfuse_jax.figure import contact_sheet
 
 STATUS_FILE = "status.jsonl"
@@ -298,35 +298,46 @@ def status_lock(path: Path, resume: bool, overwrite: bool) -> Iterator[None]:
         os.ftruncate(fd, 0)
     try:
         yield
+    except BaseException:
+        if not existed and os.fstat(fd).st_size == 0:  # nothing recorded: leave no file behind
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+        raise
     finally:
         os.close(fd)  # releases the lock
 
 
 def append_status(path: Path, records: Sequence[Record]) -> None:
-    """Append records durably (flushed and synced) so a killed run can resume after them.
+    """Append records durably (written, then synced) so a killed run can resume after them.
 
     A torn last line (a run killed while writing it) is ended first, so it stays one unreadable
-    line instead of corrupting the next record.
+    line instead of corrupting the next record. A write that fails (a full disk) is undone: the
+    file is cut back to its size before, so it never records a set that was not recorded whole.
     """
     if not records:
         return
     try:
         fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o666)
     except OSError as exc:
-        raise SemfuseError(f"cannot write {path}: {exc.strerror}") from None
-    with os.fdopen(fd, "r+b") as f:
-        size = f.seek(0, os.SEEK_END)
+        raise write_error(path, exc) from None
+    try:
+        size = os.fstat(fd).st_size
         torn = size > 0 and os.pread(fd, 1, size - 1) != b"\n"
         lines = "".join(
             json.dumps({**record, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}) + "\n"
             for record in records
         )
+        data = memoryview((("\n" if torn else "") + lines).encode())
         try:
-            f.write((("\n" if torn else "") + lines).encode())
-            f.flush()
-            os.fsync(f.fileno())
+            while data:
+                data = data[os.write(fd, data) :]
+            os.fsync(fd)
         except OSError as exc:
-            raise SemfuseError(f"cannot write {path}: {exc.strerror}") from None
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, size)
+            raise write_error(path, exc) from None
+    finally:
+        os.close(fd)
 
 
 def plan_batches(
@@ -475,6 +486,8 @@ def _fuse_members(
         try:
             fused, _ = fuse_and_save(w, network, config, names, sets, outputs, bits)
             done += [{**r, "status": "done"} for r in fused]
+        except DiskFullError:  # every later write would fail too: stop the run
+            raise
         except SemfuseError as exc:  # e.g. an output that turned unwritable: record, go on
             done += [failure(n, exc) for n in names]
     return done

@@ -14,6 +14,7 @@ from typing import Any
 
 import jax
 import numpy as np
+from absl import logging
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from semfuse_jax.errors import SemfuseError
@@ -77,7 +78,20 @@ def wait_for_coordinator(address: str, timeout: float) -> None:
 
 def join_processes(address: str, processes: int, process: int, timeout: int) -> None:
     """Join a multi-host run (``jax.distributed.initialize``) as ``process`` of ``processes``,
-    waiting up to ``timeout`` seconds for the coordinator at ``address`` (process 0)."""
+    waiting up to ``timeout`` seconds for the coordinator at ``address`` (process 0); the first
+    log line says what it waits for and how to wait less."""
+    waits_for = (
+        f"the coordinator at {address} (process 0)"
+        if process > 0
+        else f"the other {processes - 1} process(es) to join at {address}"
+    )
+    logging.info(
+        "process %d of %d: waiting up to %d s for %s; --coordinator_timeout=SECONDS waits less",
+        process,
+        processes,
+        timeout,
+        waits_for,
+    )
     if process > 0:
         wait_for_coordinator(address, timeout)
     try:

@@ -9,6 +9,7 @@ set and column in bold), ``summary.csv/.md`` (per-domain means) and
 from __future__ import annotations
 
 import csv
+import io
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -93,13 +94,19 @@ def bold_best(records: list[dict], key_fields: list[str]) -> list[list[str]]:
     return [[str(r[k]) for k in key_fields] + [cell(r.get(m), m) for m in COLUMNS] for r in records]
 
 
+def csv_text(fields: Sequence[str], rows: Sequence[dict]) -> str:
+    """``rows`` as CSV text with a header of ``fields`` (other keys left out)."""
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fields, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    return text.getvalue()
+
+
 def write_table(out: Path, records: list[dict], settings: dict) -> None:
     """table.csv/.md/.json and the per-domain summary.csv/.md."""
     fields = ["domain", "set", "method", *COLUMNS]
-    with files.atomic_path(out / "table.csv") as tmp, open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fields, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(records)
+    files.write_text(out / "table.csv", csv_text(fields, records))
     table = {"settings": settings, "rows": records}
     files.write_text(out / "table.json", json.dumps(table, indent=2))
     parts = []
@@ -111,10 +118,7 @@ def write_table(out: Path, records: list[dict], settings: dict) -> None:
         )
     files.write_text(out / "table.md", "\n\n".join(parts) + "\n")
     summary = summarise(records)
-    with files.atomic_path(out / "summary.csv") as tmp, open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, ["domain", "method", "sets", *COLUMNS])
-        writer.writeheader()
-        writer.writerows(summary)
+    files.write_text(out / "summary.csv", csv_text(["domain", "method", "sets", *COLUMNS], summary))
     blocks = []
     for domain in dict.fromkeys(r["domain"] for r in summary):
         rows = [r for r in summary if r["domain"] == domain]

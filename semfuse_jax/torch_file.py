@@ -10,6 +10,13 @@ The unpickler here resolves only a whitelist of names: ``collections.OrderedDict
 and parameter rebuild functions and the typed storage classes. Every other global a pickle names
 is refused before anything is called, so a malicious file cannot run code; what comes back is
 plain Python containers holding numpy arrays.
+
+A file built to exhaust memory or time is refused too, before anything large is allocated: each
+pickle is scanned first (:func:`check_pickle`: no memo slot beyond its own length, no string or
+bytes longer than the file), archives must store their members uncompressed (as torch writes
+them), a file holds at most :data:`MAX_TENSORS` tensors and containers nest at most
+:data:`MAX_DEPTH` deep, every tensor must fit inside its storage's bytes, and all tensors
+together may take at most :data:`VIEW_FACTOR` times their storages' bytes.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import collections
 import io
 import os
 import pickle
+import pickletools
 import struct
 import zipfile
 from collections.abc import Callable, Mapping
@@ -29,6 +37,12 @@ import numpy as np
 from semfuse_jax.errors import SemfuseError
 
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+MAX_TENSORS = 10_000  # VGG19 has 38 tensors, EfficientNet-Lite2 under 400
+MAX_DEPTH = 32  # containers inside containers (a state dict is 1 deep)
+MAX_PICKLE_BYTES = 4 << 20  # a state dict's pickle, without its tensor data, is < 100 KB
+MAX_PICKLE_OPS = 1_000_000  # opcodes in one pickle (EfficientNet-Lite0's: about 20,000)
+VIEW_FACTOR = 4  # the tensors may take this many times their storages' bytes (shared views)
+_MEMO_OPS = {"PUT", "BINPUT", "LONG_BINPUT"}
 STORAGE_DTYPES: dict[str, np.dtype] = {
     "FloatStorage": np.dtype("<f4"),
     "DoubleStorage": np.dtype("<f8"),
@@ -75,8 +89,11 @@ class LazyTensor(NamedTuple):
             raise pickle.UnpicklingError(f"storage {self.storage.key} has no data")
         count = int(np.prod(self.size)) if self.size else 1
         last = self.offset + sum((n - 1) * s for n, s in zip(self.size, self.stride, strict=True))
-        if count and last >= values.size:
-            raise pickle.UnpicklingError(f"a tensor reaches outside storage {self.storage.key}")
+        if count and (last >= values.size or count > values.size):
+            raise pickle.UnpicklingError(
+                f"a tensor of {count} elements does not fit inside storage {self.storage.key} "
+                f"({values.size} elements)"
+            )
         view = np.lib.stride_tricks.as_strided(
             values[self.offset :] if count else values[:0],
             shape=self.size,
@@ -124,10 +141,18 @@ class RestrictedUnpickler(pickle.Unpickler):
     def __init__(self, file: BinaryIO, storages: dict[str, Storage]) -> None:
         super().__init__(file)
         self.storages = storages
+        self.tensors = 0
+
+    def _counted(self, *args: Any) -> Any:
+        self.tensors += 1
+        if self.tensors > MAX_TENSORS:
+            raise pickle.UnpicklingError(f"more than {MAX_TENSORS} tensors; not a model's weights")
+        return _rebuild_tensor(*args)
 
     def find_class(self, module: str, name: str) -> Any:
         try:
-            return SAFE_GLOBALS[module, name]
+            found = SAFE_GLOBALS[module, name]
+            return self._counted if found is _rebuild_tensor else found
         except KeyError:
             raise pickle.UnpicklingError(
                 f"it references {module}.{name}, which is not a tensor, storage or dict; "
@@ -142,20 +167,94 @@ class RestrictedUnpickler(pickle.Unpickler):
             raise pickle.UnpicklingError("malformed storage reference")
         key = str(key)
         if key not in self.storages:
+            if len(self.storages) >= MAX_TENSORS:
+                raise pickle.UnpicklingError(f"more than {MAX_TENSORS} storages")
             self.storages[key] = Storage(kind, key, numel)
         return self.storages[key]
 
 
-def _materialise(obj: Any, data: Mapping[str, np.ndarray]) -> Any:
+def _materialise(
+    obj: Any, data: Mapping[str, np.ndarray], budget: list[int], depth: int = 0
+) -> Any:
+    """``obj`` with its tensors read; ``budget[0]``: the bytes they may still take (views of one
+    storage are copies, so many views of one large storage would otherwise multiply it)."""
+    if depth > MAX_DEPTH:
+        raise pickle.UnpicklingError(f"containers nested more than {MAX_DEPTH} deep")
     if isinstance(obj, LazyTensor):
+        budget[0] -= int(np.prod(obj.size, dtype=object)) * obj.storage.kind.dtype.itemsize
+        if budget[0] < 0:
+            raise pickle.UnpicklingError(
+                f"its tensors take more than {VIEW_FACTOR} times the bytes of their storages"
+            )
         return obj.materialise(data)
     if isinstance(obj, Mapping):
-        return type(obj)((k, _materialise(v, data)) for k, v in obj.items())
+        return type(obj)((k, _materialise(v, data, budget, depth + 1)) for k, v in obj.items())
     if isinstance(obj, list):
-        return [_materialise(v, data) for v in obj]
+        return [_materialise(v, data, budget, depth + 1) for v in obj]
     if isinstance(obj, tuple):
-        return tuple(_materialise(v, data) for v in obj)
+        return tuple(_materialise(v, data, budget, depth + 1) for v in obj)
     return obj
+
+
+def check_pickle(file: BinaryIO, limit: int) -> None:
+    """Scan one pickle (from ``file``'s position to its STOP) without running it, and refuse
+    what would make unpickling allocate more than the file justifies: a memo slot beyond the
+    pickle's own opcode count (the unpickler sizes its memo by the largest index) or an opcode
+    argument longer than ``limit`` bytes. The position is left after the pickle."""
+    ops = 0
+    try:
+        for opcode, arg, _ in pickletools.genops(file):
+            ops += 1
+            if ops > MAX_PICKLE_OPS:
+                raise pickle.UnpicklingError(f"more than {MAX_PICKLE_OPS} pickle opcodes")
+            if opcode.name in _MEMO_OPS and isinstance(arg, int) and arg > ops:
+                raise pickle.UnpicklingError(f"memo index {arg} beyond the pickle's {ops} opcodes")
+            if isinstance(arg, bytes | str) and len(arg) > limit:
+                raise pickle.UnpicklingError("an opcode argument longer than the file")
+    except ValueError as exc:  # genops: a bad opcode, or an argument running past the end
+        raise pickle.UnpicklingError(f"malformed pickle ({exc})") from None
+
+
+class BoundedReader(io.RawIOBase):
+    """A read-only view of a file that never hands out more bytes than remain in it, so a
+    length field in the data cannot make a reader allocate more than the file holds."""
+
+    def __init__(self, file: BinaryIO, size: int) -> None:
+        super().__init__()
+        self.file, self.size = file, size
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.file.tell()
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        return self.file.seek(offset, whence)
+
+    def read(self, n: int = -1) -> bytes:
+        left = max(0, self.size - self.file.tell())
+        return self.file.read(left if n is None or n < 0 else min(n, left))
+
+    def readline(self, limit: int = -1) -> bytes:
+        left = max(0, self.size - self.file.tell())
+        return self.file.readline(left if limit is None or limit < 0 else min(limit, left))
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+
+def _unpickle(file: BinaryIO, storages: dict[str, Storage], limit: int) -> Any:
+    """Scan, then load, the pickle at ``file``'s position (see :func:`check_pickle`)."""
+    start = file.tell()
+    check_pickle(file, limit)
+    file.seek(start)
+    return RestrictedUnpickler(file, storages).load()
 
 
 def _read_exact(f: BinaryIO, count: int, what: str) -> bytes:
@@ -166,44 +265,56 @@ def _read_exact(f: BinaryIO, count: int, what: str) -> bytes:
 
 
 def _load_zip(path: Path) -> Any:
+    size = os.path.getsize(path)
     with zipfile.ZipFile(path) as archive:
-        names = archive.namelist()
-        pickles = [n for n in names if n.endswith("/data.pkl") or n == "data.pkl"]
+        infos = archive.infolist()
+        if len(infos) > MAX_TENSORS + 16:
+            raise pickle.UnpicklingError(f"{len(infos)} archive members; not a model's weights")
+        for info in infos:
+            if info.compress_type != zipfile.ZIP_STORED or info.file_size > size:
+                raise pickle.UnpicklingError(
+                    f"member {info.filename} is compressed or larger than the file (torch stores "
+                    "its members uncompressed)"
+                )
+        members = {info.filename: info for info in infos}
+        pickles = [n for n in members if n.endswith("/data.pkl") or n == "data.pkl"]
         if len(pickles) != 1:
             raise pickle.UnpicklingError("zip archive without exactly one data.pkl")
         prefix = pickles[0][: -len("data.pkl")]
         byteorder = f"{prefix}byteorder"
-        if byteorder in names and archive.read(byteorder).strip() not in (b"little", b""):
+        if byteorder in members and archive.read(byteorder).strip() not in (b"little", b""):
             raise pickle.UnpicklingError("big-endian tensors are not supported")
+        if members[pickles[0]].file_size > MAX_PICKLE_BYTES:
+            raise pickle.UnpicklingError(f"a data.pkl of more than {MAX_PICKLE_BYTES} bytes")
         storages: dict[str, Storage] = {}
         data: dict[str, np.ndarray] = {}
-        with archive.open(pickles[0]) as f:
-            result = RestrictedUnpickler(io.BytesIO(f.read()), storages).load()
+        result = _unpickle(io.BytesIO(archive.read(pickles[0])), storages, size)
         for key, storage in storages.items():
             entry = f"{prefix}data/{key}"
-            if entry not in names:
+            if entry not in members:
                 raise pickle.UnpicklingError(f"storage {key} is missing from the archive")
-            size = archive.getinfo(entry).file_size
             nbytes = storage.numel * storage.kind.dtype.itemsize
-            if size < nbytes:
+            if members[entry].file_size < nbytes:
                 raise pickle.UnpicklingError(f"storage {key} is shorter than its tensor")
-            data[key] = np.frombuffer(archive.read(entry)[:nbytes], storage.kind.dtype)
+            with archive.open(entry) as f:
+                data[key] = np.frombuffer(f.read(nbytes), storage.kind.dtype)
     return result, data
 
 
 def _load_legacy(path: Path) -> Any:
     file_size = os.path.getsize(path)
     data: dict[str, np.ndarray] = {}
-    with open(path, "rb") as f:
+    with open(path, "rb") as raw:
+        f = BoundedReader(raw, file_size)
         storages: dict[str, Storage] = {}
-        if RestrictedUnpickler(f, storages).load() != LEGACY_MAGIC:
+        if _unpickle(f, storages, file_size) != LEGACY_MAGIC:
             raise pickle.UnpicklingError("not a torch file (wrong magic number)")
-        RestrictedUnpickler(f, storages).load()  # protocol version
-        info = RestrictedUnpickler(f, storages).load()
+        _unpickle(f, storages, file_size)  # protocol version
+        info = _unpickle(f, storages, file_size)
         if isinstance(info, dict) and info.get("little_endian") is False:
             raise pickle.UnpicklingError("big-endian tensors are not supported")
-        result = RestrictedUnpickler(f, storages).load()
-        keys = RestrictedUnpickler(f, storages).load()
+        result = _unpickle(f, storages, file_size)
+        keys = _unpickle(f, storages, file_size)
         if not isinstance(keys, list):
             raise pickle.UnpicklingError("malformed storage key list")
         for key in keys:
@@ -212,7 +323,7 @@ def _load_legacy(path: Path) -> Any:
                 raise pickle.UnpicklingError(f"unknown storage key {key}")
             (count,) = struct.unpack("<q", _read_exact(f, 8, "a storage header"))
             nbytes = count * storage.kind.dtype.itemsize
-            if count < storage.numel or nbytes > file_size:
+            if count < storage.numel or nbytes > file_size - f.tell():
                 raise pickle.UnpicklingError(f"storage {key} has a bad size")
             data[storage.key] = np.frombuffer(
                 _read_exact(f, nbytes, "storage data"), storage.kind.dtype
@@ -230,7 +341,8 @@ def load(path: str | os.PathLike[str]) -> Any:
     path = Path(path)
     try:
         result, data = _load_zip(path) if zipfile.is_zipfile(path) else _load_legacy(path)
-        return _materialise(result, data)
+        budget = VIEW_FACTOR * sum(values.nbytes for values in data.values())
+        return _materialise(result, data, [budget])
     except SemfuseError:
         raise
     except (pickle.UnpicklingError, zipfile.BadZipFile) as exc:

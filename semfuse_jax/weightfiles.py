@@ -19,7 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from semfuse_jax.errors import SemfuseError
+from semfuse_jax.errors import SemfuseError, write_error
+from semfuse_jax.files import atomic_path
 
 Params = dict[str, dict[str, Any]]
 
@@ -89,15 +90,60 @@ def content_digest(params: Params, order: Sequence[str]) -> str:
     return h.hexdigest()
 
 
+# A safetensors header larger than this is refused before it is parsed: it would describe
+# thousands of tensors (VGG19 has 38, EfficientNet-Lite2 under 300; their headers are < 40 KB).
+MAX_SAFETENSORS_HEADER = 1 << 20
+
+
+def is_safetensors(head: bytes) -> bool:
+    """Whether a file's first (at least 9) bytes open a safetensors file: a little-endian 64-bit
+    header length, then the JSON header's ``{``."""
+    return len(head) > 8 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") > 0
+
+
 def read_safetensors(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Every tensor of a safetensors file (as numpy) and its metadata.
+
+    The header's size is checked against :data:`MAX_SAFETENSORS_HEADER` and the file's size
+    before it is parsed; the reader checks every tensor's shape, type and offsets against the
+    header and the data, so nothing larger than the file is allocated.
+    """
     from safetensors import SafetensorError, safe_open
 
+    try:
+        with open(path, "rb") as f:
+            header = int.from_bytes(f.read(8), "little")
+            size = os.fstat(f.fileno()).st_size
+    except OSError as exc:
+        raise SemfuseError(f"weights {path}: cannot read ({exc.strerror or exc})") from None
+    if header > MAX_SAFETENSORS_HEADER:
+        raise SemfuseError(
+            f"weights {path}: safetensors header of {header} bytes (the limit is "
+            f"{MAX_SAFETENSORS_HEADER}); not a weights file this tool writes or reads"
+        )
+    if 8 + header > size:
+        raise SemfuseError(f"weights {path}: truncated safetensors file (header past the end)")
     try:
         with safe_open(path, framework="numpy") as f:
             names = list(f.keys())
             return {k: f.get_tensor(k) for k in names}, dict(f.metadata() or {})
-    except (SafetensorError, OSError, ValueError) as exc:
+    except (SafetensorError, OSError, ValueError, MemoryError) as exc:
         raise SemfuseError(f"weights {path}: unreadable safetensors file ({exc})") from None
+
+
+def write_safetensors(
+    path: str | os.PathLike[str], tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str]
+) -> None:
+    """Write ``tensors`` and ``metadata`` as one safetensors file, atomically (complete or not
+    at all); a failed write (e.g. a full disk) is one :class:`SemfuseError` line."""
+    from safetensors.numpy import save
+
+    data = save(dict(tensors), metadata=dict(metadata))
+    try:
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(data)
+    except OSError as exc:
+        raise write_error(path, exc) from None
 
 
 def manifest() -> dict[str, dict[str, Any]]:

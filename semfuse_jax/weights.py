@@ -40,10 +40,12 @@ from semfuse_jax.weightfiles import (
     cache_dir,
     content_digest,
     file_digests,
+    is_safetensors,
     manifest,
     preprocess,
     read_safetensors,
     verify_known_source,
+    write_safetensors,
 )
 
 FORMAT = "semfuse_jax.vgg19/1"
@@ -201,7 +203,12 @@ def from_timm(state: Mapping[str, np.ndarray], source: str = "timm") -> Params:
 
 
 def read_keras_h5(path: Path) -> Params:
-    """Read a Keras 2 HDF5 weights file (``layer_names`` / ``weight_names`` layout)."""
+    """Read a Keras 2 HDF5 weights file (``layer_names`` / ``weight_names`` layout).
+
+    Every dataset's shape is checked against the VGG19 layer it names, and its stored bytes
+    against that shape, before it is read: a header claiming huge (or compressed, or unwritten)
+    data is refused without allocating it.
+    """
     import h5py
 
     params: Params = {}
@@ -210,7 +217,10 @@ def read_keras_h5(path: Path) -> Params:
             root = f.get("model_weights", f)
             if "layer_names" not in root.attrs:
                 raise SemfuseError(f"weights {path}: HDF5 file without Keras 'layer_names'")
-            for raw in root.attrs["layer_names"]:
+            layer_names = root.attrs["layer_names"]
+            if len(layer_names) > 4 * len(KERAS_NAMES):  # VGG19's layers, pools and input
+                raise SemfuseError(f"weights {path}: {len(layer_names)} layers is not VGG19")
+            for raw in layer_names:
                 name = raw.decode() if isinstance(raw, bytes) else str(raw)
                 group = root[name]
                 names = [
@@ -220,16 +230,27 @@ def read_keras_h5(path: Path) -> Params:
                     continue
                 if name not in KERAS_NAMES:
                     raise SemfuseError(f"weights {path}: unexpected Keras layer {name!r}")
+                layer = KERAS_NAMES[name]
                 datasets = [group[n] for n in names]
-                if any(int(np.prod(d.shape)) > 25088 * 4096 for d in datasets):
-                    raise SemfuseError(f"weights {path}: Keras layer {name} is larger than VGG19's")
-                arrays = [np.asarray(d) for d in datasets]
-                kernels = [a for a in arrays if a.ndim > 1]
-                biases = [a for a in arrays if a.ndim == 1]
-                if len(kernels) != 1 or len(biases) != 1:
+                if len(datasets) != 2 or sorted(d.ndim > 1 for d in datasets) != [False, True]:
                     raise SemfuseError(f"weights {path}: Keras layer {name} is not kernel + bias")
-                params[KERAS_NAMES[name]] = {"kernel": kernels[0], "bias": biases[0]}
-    except (OSError, KeyError, ValueError, TypeError) as exc:
+                kernel, bias = sorted(datasets, key=lambda d: -d.ndim)
+                for part, dataset, shape in zip(
+                    ("kernel", "bias"), (kernel, bias), vgg19.PARAM_SHAPES[layer], strict=True
+                ):
+                    if dataset.shape != shape:
+                        raise SemfuseError(
+                            f"weights {path}: Keras layer {name} {part} has shape "
+                            f"{dataset.shape}, expected {shape} (larger than VGG19's layer or "
+                            "not VGG19)"
+                        )
+                    if dataset.id.get_storage_size() < dataset.size * dataset.dtype.itemsize:
+                        raise SemfuseError(
+                            f"weights {path}: Keras layer {name} {part} stores fewer bytes than "
+                            "its shape needs (compressed, unwritten or truncated data)"
+                        )
+                params[layer] = {"kernel": np.asarray(kernel), "bias": np.asarray(bias)}
+    except (OSError, KeyError, ValueError, TypeError, RuntimeError) as exc:
         raise SemfuseError(f"weights {path}: unreadable HDF5 file ({exc})") from None
     return validate_params(params, str(path))
 
@@ -247,8 +268,6 @@ def save_canonical(
 ) -> None:
     """Write params + preprocessing + digests (+ ``extra`` metadata) as one safetensors file,
     atomically."""
-    from safetensors.numpy import save_file
-
     params = validate_params(params, source)
     tensors = {f"{layer}.{part}": v for layer, p in params.items() for part, v in p.items()}
     metadata = {
@@ -260,14 +279,7 @@ def save_canonical(
         "source_sha256": source_sha256,
         **(extra or {}),
     }
-    try:
-        with atomic_path(path) as tmp:
-            save_file(tensors, tmp, metadata=metadata)
-    except OSError as exc:
-        raise SemfuseError(f"cannot write {path}: {exc.strerror or exc}") from None
-
-
-# ----------------------------------------------------------------------------- manifest
+    write_safetensors(path, tensors, metadata)
 
 
 # ----------------------------------------------------------------------------- loading
@@ -327,8 +339,7 @@ def read_any(
                 "format": "torchvision-pth",
             },
         )
-    header_len = int.from_bytes(head[:8], "little")
-    if len(head) > 8 and head[8:9] == b"{" and 0 < header_len < (1 << 27):
+    if is_safetensors(head):
         tensors, meta = read_safetensors(path)
         if meta.get("format") == FORMAT:
             params: Params = {}

@@ -3,6 +3,7 @@ no traceback, and leaves no output (nor temporary) file behind."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -70,6 +71,12 @@ def files(tmp_path_factory, real_weights_file) -> Path:
     meta["preprocessing"] = meta["preprocessing"].replace("103.939", '"x"')
     save_file(tensors, d / "weights" / "bad_prep.safetensors", metadata=meta)
     (d / "existing.png").write_bytes((d / GOOD[0]).read_bytes())
+    from semfuse_jax import fusion
+
+    config = fusion.FusionConfig(method="fm4").to_dict()
+    old = {k: v for k, v in config.items() if k not in ("version", "refine_edges", "colour")}
+    (d / "old_report.json").write_text(json.dumps({"method": "fm4", "config": old}))
+    (d / "future_report.json").write_text(json.dumps({"config": {**config, "version": 99}}))
     return d
 
 
@@ -135,18 +142,8 @@ def _cases(d: Path, w: Path, data: Path) -> list[tuple[str, list[str], str]]:
         ("semfuse_jax.cli.eval", [f"--table={d}", "--methods=", f"--output_dir={d}"], "--methods"),
         (fuse, [f"--pairs={d / 'latin1.csv'}", f"--output_dir={d / 'batch'}"], "unreadable"),
         (fuse, [pair, out, f"--weights={d / 'weights' / 'huge.h5'}"], "larger than"),
-        (
-            fuse,
-            [
-                f"--pairs={d / 'empty_name.csv'}",
-                f"--output_dir={d / 'batch'}",
-                "--coordinator_address=127.0.0.1:9",
-                "--num_processes=2",
-                "--process_id=1",
-                "--coordinator_timeout=1",
-            ],
-            "cannot reach",
-        ),
+        (fuse, [pair, out, f"--config={d / 'old_report.json'}"], "colour, refine_edges"),
+        (fuse, [pair, out, f"--config={d / 'future_report.json'}"], "version 99"),
         (
             "semfuse_jax.cli.eval",
             [f"--table={data}", "--sets=multifocus_grey/clock", f"--output_dir={a}"],
@@ -184,3 +181,26 @@ def test_bad_input_table(files, real_weights_file, data_dir, chunk, tmp_path):
     after = sorted(p.relative_to(files) for p in files.rglob("*"))
     assert after == before  # no output, report, batch folder or temporary file was left behind
     shutil.rmtree(files / "batch", ignore_errors=True)
+
+
+def test_an_unreachable_coordinator_is_named_in_the_first_line(files, tmp_path):
+    (result,) = run_tool_cases(
+        "fuse",
+        [
+            [
+                f"--pairs={files / 'empty_name.csv'}",
+                f"--output_dir={tmp_path / 'batch'}",
+                "--coordinator_address=127.0.0.1:9",
+                "--num_processes=2",
+                "--process_id=1",
+                "--coordinator_timeout=1",
+            ]
+        ],
+        tmp_path,
+    )
+    lines = [line for line in result["stderr"].splitlines() if line.strip()]
+    assert result["returncode"] == 1 and len(lines) == 2, result["stderr"]
+    assert "waiting up to 1 s for the coordinator at 127.0.0.1:9" in lines[0], lines
+    assert "--coordinator_timeout" in lines[0]
+    assert "error" in lines[1] and "cannot reach" in lines[1] and "Traceback" not in lines[1]
+    assert not (tmp_path / "batch").exists()
