@@ -37,6 +37,11 @@ from semfuse_jax.optimise import (
 )
 from semfuse_jax.weights import Weights, load_weights
 
+# The version of the settings a report records (``FusionConfig.to_dict``): raised whenever a
+# setting is added, removed or changes meaning, so an old report is never re-run silently
+# with settings it did not run with.
+CONFIG_VERSION = 2
+
 
 @dataclasses.dataclass(frozen=True)
 class FusionConfig:
@@ -55,7 +60,9 @@ class FusionConfig:
         when the weights hold its classifier, else EfficientNet-Lite0); see ``classifier``.
       top_k: classes combined in each input's Grad-CAM (1 = the top class).
       target_class: if set, the Grad-CAM class for every input (overrides ``top_k``).
-      cam_layers: layers whose Grad-CAM maps are multiplied (FM2, FM3); empty: the
+      cam: the class activation mapping method of FM2/FM3/FM5 (:data:`semfuse_jax.cam.METHODS`;
+        ``gradcam``, the paper's, by default).
+      cam_layers: layers whose CAM maps are multiplied (FM2, FM3) or averaged (FM5); empty: the
         classifier's default (:data:`semfuse_jax.classifier.CAM_LAYERS`).
       fm2_weighted_target: FM2 target values are the CAM-weighted features (else the originals).
       init_noise: std of Gaussian noise (grey levels) added to the initial image.
@@ -80,6 +87,7 @@ class FusionConfig:
     classifier: str = "auto"
     top_k: int = 1
     target_class: int | None = None
+    cam: str = "gradcam"
     cam_layers: tuple[str, ...] = ()
     fm2_weighted_target: bool = False
     init_noise: float = 0.0
@@ -109,6 +117,7 @@ class FusionConfig:
         if self.target_class is not None and not 0 <= self.target_class < 1000:
             raise SemfuseError("target_class must be an ImageNet class index 0..999")
         classifier.resolve(self.classifier, None)  # a known name
+        cam.get(self.cam)  # a known CAM method
         if self.colour is not None and self.colour not in colour.COLOUR_MODES:
             raise SemfuseError(f"colour must be one of {', '.join(colour.COLOUR_MODES)}")
         if self.gradient not in GRADIENTS or self.batching not in BATCHING:
@@ -118,14 +127,38 @@ class FusionConfig:
             )
 
     def to_dict(self) -> dict:
-        """Every setting as plain JSON values (the schedule as a nested dict)."""
-        return dataclasses.asdict(self)
+        """Every setting as plain JSON values (the schedule as a nested dict), with the
+        :data:`CONFIG_VERSION` they follow under ``version``."""
+        return {"version": CONFIG_VERSION, **dataclasses.asdict(self)}
 
     @classmethod
     def from_dict(cls, data: dict) -> FusionConfig:
-        """The inverse of :meth:`to_dict`; unknown or malformed entries are refused."""
+        """The inverse of :meth:`to_dict`; unknown or malformed entries are refused.
+
+        A configuration of the current version may leave settings out (they take their
+        defaults). One without a version was written before versions existed, when some
+        settings were not recorded (``refine_edges``, ``colour``): a setting it lacks is not
+        given today's default, which may not be what ran; it is refused, naming what is missing.
+        """
+        fields = dict(data)
+        version = fields.pop("version", None)
+        names = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(fields) - set(names))
+        if unknown:
+            raise SemfuseError(f"not a fusion configuration (unknown {', '.join(unknown)})")
+        if version is not None and version != CONFIG_VERSION:
+            raise SemfuseError(
+                f"configuration version {version!r} is not {CONFIG_VERSION}, the version this "
+                "semfuse_jax reads; re-run it with the semfuse_jax that wrote it"
+            )
+        missing = [name for name in names if name not in fields]
+        if version is None and missing:
+            raise SemfuseError(
+                "the configuration was written by an older semfuse_jax and does not record "
+                f"{', '.join(missing)}; it may not have run with today's defaults, so add "
+                "those settings to it to re-run"
+            )
         try:
-            fields = dict(data)
             schedule = Schedule(**fields.pop("schedule", {}))
             for key in ("layers", "cam_layers"):
                 if key in fields:
@@ -256,7 +289,7 @@ def _features(weights: Weights, images: jax.Array, layers: tuple[str, ...]) -> d
     return {k: v.reshape(b, n, *v.shape[1:]) for k, v in feats.items()}
 
 
-@partial(jax.jit, static_argnames=("top_k", "target_class", "cam_layers", "kind"))
+@partial(jax.jit, static_argnames=("top_k", "target_class", "cam_layers", "kind", "method"))
 def cam_maps(
     network: classifier.Network,
     images: jax.Array,
@@ -264,18 +297,20 @@ def cam_maps(
     target_class: int | None = None,
     cam_layers: tuple[str, ...] = cam.CAM_LAYERS,
     kind: str = "product",
+    method: str = "gradcam",
 ) -> jax.Array:
-    """Grad-CAM map of every input: ``[B, N, H, W, C]`` → ``[B, N, H, W]``; ``kind`` ``product``
-    is the paper's probability map, ``mean`` FM5's (:func:`semfuse_jax.cam.semantic_map`).
+    """CAM map of every input: ``[B, N, H, W, C]`` → ``[B, N, H, W]``; ``kind`` ``product``
+    is the paper's probability map, ``mean`` FM5's (:func:`semfuse_jax.cam.semantic_map`);
+    ``method`` a CAM method of :data:`semfuse_jax.cam.METHODS`.
 
     The maps are made at the classifier's input size (``classifier.resize_for``) and upsampled.
     """
     b, n, h, w, c = images.shape
     flat = classifier.resize_for(network, images.reshape(b * n, h, w, c))
     if kind == "mean":
-        maps = cam.semantic_map(network, flat, top_k, target_class, cam_layers)
+        maps = cam.semantic_map(network, flat, top_k, target_class, cam_layers, method)
     else:
-        maps, _, _ = cam.probability_map(network, flat, top_k, target_class, cam_layers)
+        maps, _, _ = cam.probability_map(network, flat, top_k, target_class, cam_layers, method)
     return jax.image.resize(maps, (b * n, h, w), "bilinear").reshape(b, n, h, w)
 
 
@@ -434,7 +469,9 @@ def fuse_planes(
     if spec.maps is not None:
         network = network if network is not None else classifier.load(config.classifier, weights)
         layers = classifier.cam_layers_for(network, config.cam_layers)
-        maps = cam_maps(network, images, config.top_k, config.target_class, layers, spec.maps)
+        maps = cam_maps(
+            network, images, config.top_k, config.target_class, layers, spec.maps, config.cam
+        )
     if spec.mix is not None:  # no optimisation: a mix or blend of the inputs
         fused, mixing = per_set(spec.mix, images, maps)
         return FusionResult(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import jax.numpy as jnp
@@ -183,7 +184,7 @@ def test_noise_is_drawn_per_set_so_a_batch_equals_its_sets_alone(real_weights, s
     other_seed = fusion.fuse(
         real_weights,
         sets[:1],
-        fusion.FusionConfig(**{**config.to_dict(), "schedule": SHORT, "seed": 8}),
+        dataclasses.replace(config, schedule=SHORT, seed=8),
     )
     assert not np.array_equal(other_seed.fused[0], batched.fused[0])
 
@@ -196,3 +197,16 @@ def test_config_round_trips_through_json():
     assert again == config
     with pytest.raises(SemfuseError, match="not a fusion configuration"):
         fusion.FusionConfig.from_dict({"method": "fm0", "color": "blue"})
+    stored = config.to_dict()
+    assert stored["version"] == fusion.CONFIG_VERSION
+    unversioned = {k: v for k, v in stored.items() if k != "version"}
+    assert fusion.FusionConfig.from_dict(unversioned) == config  # complete: what it says
+    del unversioned["refine_edges"]  # a report from before the edge refinement existed
+    with pytest.raises(SemfuseError, match="does not record refine_edges"):
+        fusion.FusionConfig.from_dict(unversioned)
+    ran = fusion.FusionConfig.from_dict({**unversioned, "refine_edges": False})
+    assert ran == dataclasses.replace(config, refine_edges=False)
+    partial = {"version": fusion.CONFIG_VERSION, "method": "fm1"}  # versioned: defaults stand
+    assert fusion.FusionConfig.from_dict(partial) == fusion.FusionConfig(method="fm1")
+    with pytest.raises(SemfuseError, match="version 3 is not"):
+        fusion.FusionConfig.from_dict({**stored, "version": 3})

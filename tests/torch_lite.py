@@ -48,7 +48,8 @@ class ConvBN(nn.Module):
 
 
 class TorchLite0(nn.Module):
-    """Returns ``{'stem', 'block{i}', 'head', 'logits'}``."""
+    """Returns ``{'stem', 'block{i}', 'head', 'logits'}``; each named activation passes through
+    an identity module of ``taps`` (where hooks, e.g. pytorch-grad-cam's, can see it)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -66,15 +67,17 @@ class TorchLite0(nn.Module):
             cin = cout
         self.head = ConvBN(cin, 1280, 1, 1)
         self.fc = nn.Linear(1280, 1000)
+        names = ["stem", *(f"block{i}" for i in range(len(LITE0_BLOCKS))), "head"]
+        self.taps = nn.ModuleDict({name: nn.Identity() for name in names})
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         out = {}
-        x = out["stem"] = F.relu6(self.stem(x))
+        x = out["stem"] = self.taps["stem"](F.relu6(self.stem(x)))
         for i, block in enumerate(self.blocks):
             h = x if block.expand is None else F.relu6(block.expand(x))
             h = block.project(F.relu6(block.depthwise(h)))
-            x = out[f"block{i}"] = h + x if block.residual else h
-        x = out["head"] = F.relu6(self.head(x))
+            x = out[f"block{i}"] = self.taps[f"block{i}"](h + x if block.residual else h)
+        x = out["head"] = self.taps["head"](F.relu6(self.head(x)))
         out["logits"] = self.fc(x.mean(dim=(2, 3)))
         return out
 
@@ -134,3 +137,14 @@ def random_state(seed: int = 0) -> dict[str, np.ndarray]:
             new = names[prefix]
         state[f"{new}.{leaf}"] = value.numpy().copy()
     return state
+
+
+class Logits(nn.Module):
+    """A TorchLite0 that returns only its logits ``[B, 1000]`` (what CAM libraries expect)."""
+
+    def __init__(self, net: TorchLite0) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)["logits"]

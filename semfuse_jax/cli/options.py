@@ -8,7 +8,7 @@ from pathlib import Path
 
 from absl import flags
 
-from semfuse_jax import classifier, colour, fusion, optimise, runs
+from semfuse_jax import cam, classifier, colour, fusion, optimise, runs
 from semfuse_jax.errors import SemfuseError
 from semfuse_jax.optimise import Schedule
 
@@ -35,6 +35,13 @@ CLASSIFIER = flags.DEFINE_enum(
     classifier.CLASSIFIERS,
     "ImageNet classifier for Grad-CAM (FM2/FM3) and the class report; auto: vgg19 when the "
     "--weights file holds its classifier, else efficientnet_lite0 (installed with the package).",
+)
+CAM = flags.DEFINE_enum(
+    "cam",
+    "gradcam",
+    cam.NAMES,
+    "Class activation mapping of FM2/FM3/FM5: gradcam (the paper's), gradcam++, xgradcam, "
+    "layercam, hirescam, eigencam (no gradients) or scorecam (forward passes only).",
 )
 CAM_LAYERS = flags.DEFINE_list(
     "cam_layers",
@@ -129,6 +136,7 @@ def config_from_flags(method: str | None) -> fusion.FusionConfig:
         top_k=TOP_K.value,
         target_class=CLASS.value,
         classifier=CLASSIFIER.value,
+        cam=CAM.value,
         cam_layers=tuple(CAM_LAYERS.value),
         fm2_weighted_target=FM2_TARGET.value == "weighted",
         init_noise=INIT_NOISE.value,
