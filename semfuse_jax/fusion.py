@@ -63,7 +63,7 @@ class FusionConfig:
       cam: the class activation mapping method of FM2/FM3/FM5 (:data:`semfuse_jax.cam.METHODS`;
         ``gradcam``, the paper's, by default).
       cam_layers: layers whose CAM maps are multiplied (FM2, FM3) or averaged (FM5); empty: the
-        classifier's default (:data:`semfuse_jax.classifier.CAM_LAYERS`).
+        classifier's default (``cam_layers`` of :data:`semfuse_jax.classifier.REGISTRY`).
       fm2_weighted_target: FM2 target values are the CAM-weighted features (else the originals).
       init_noise: std of Gaussian noise (grey levels) added to the initial image.
       compute_dtype: the network's dtype inside the optimisation: ``float32`` or ``bfloat16``.

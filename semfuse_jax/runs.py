@@ -26,7 +26,7 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax
 import jax
@@ -35,7 +35,7 @@ import optax
 from absl import logging
 
 import semfuse_jax
-from semfuse_jax import classifier, files, fm4, fusion, weightfiles, weights
+from semfuse_jax import classifier, files, fm4, fusion, judge, weightfiles, weights
 from semfuse_jax.errors import DiskFullError, SemfuseError, write_error
 from semfuse_jax.figure import contact_sheet
 
@@ -95,14 +95,21 @@ def log_progress(epoch: int, epochs: int, losses: np.ndarray, elapsed: float) ->
     )
 
 
-def run_info(w: weights.Weights | None, config: fusion.FusionConfig) -> Record:
-    """Settings, weights, command line and environment shared by every record of a run."""
+def run_info(models: Models, config: fusion.FusionConfig) -> Record:
+    """Settings, networks, weights, command line and environment shared by every record of a
+    run; ``networks`` names the classifier whose CAMs made the fusion (None for a method without
+    CAMs) and the judge of its semantic scores (None without ``--judge``)."""
+    w = models.vgg
     source = Path(w.source) if w is not None else None
     return {
         "command": [Path(sys.argv[0]).name, *sys.argv[1:]],
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "method": config.method,
         "config": config.to_dict(),  # semfuse-fuse --config=<this report> re-runs it
+        "networks": {
+            "cam": config.classifier if config.uses_cam else None,
+            "judge": None if models.judge is None else classifier.network_name(models.judge),
+        },
         "weights": None if w is None else w.source,
         "weights_sha256": weightfiles.file_digests(source)["sha256"]
         if source is not None and source.is_file()
@@ -118,20 +125,50 @@ def run_info(w: weights.Weights | None, config: fusion.FusionConfig) -> Record:
     }
 
 
+class Models(NamedTuple):
+    """The networks of a run, each loaded once.
+
+    Attributes:
+      vgg: the VGG19 weights the method needs (None when it needs none).
+      network: the classifier of the CAMs (and of the class report without a judge); None when
+        neither is wanted.
+      judge: the independent classifier of the semantic scores (``--judge``), or None.
+    """
+
+    vgg: weights.Weights | None
+    network: classifier.Network | None
+    judge: classifier.Network | None
+
+
 def load_models(
-    config: fusion.FusionConfig, weights_file: str | None, classes: bool
-) -> tuple[weights.Weights | None, classifier.Network | None, fusion.FusionConfig]:
-    """The VGG19 weights ``config`` needs (None when it needs none), the classifier (for the
-    Grad-CAM methods or, with ``classes``, the class report; else None), and ``config`` with the
-    classifier resolved to a concrete name."""
-    w = network = None
-    wants_network = config.uses_cam or classes
-    if config.required_outputs or (wants_network and config.classifier != "efficientnet_lite0"):
-        w = weights.load_weights(weights_file, outputs=config.required_outputs or None)
+    config: fusion.FusionConfig,
+    weights_file: str | None,
+    *,
+    classes: bool = False,
+    judge_name: str | None = None,
+    allow_same_judge: bool = False,
+) -> tuple[Models, fusion.FusionConfig]:
+    """The networks ``config`` needs (:class:`Models`; the class report's with ``classes``, a
+    judge with ``judge_name``) and ``config`` with its classifier resolved to a concrete name.
+
+    Raises:
+      SemfuseError: a judge that is the CAM classifier (unless ``allow_same_judge``), or a
+        network that cannot be loaded.
+    """
+    w = network = judge_net = None
+    wants_network = config.uses_cam or (classes and judge_name is None)
+    wants_vgg = wants_network and config.classifier != "efficientnet_lite0"
+    if config.required_outputs or wants_vgg or judge_name == "vgg19":
+        full = wants_vgg or judge_name == "vgg19"
+        w = weights.load_weights(weights_file, outputs=None if full else config.required_outputs)
     if wants_network:
         network = classifier.load(config.classifier, w)
         config = dataclasses.replace(config, classifier=classifier.network_name(network))
-    return w, network, config
+    if judge_name is not None:
+        cams = [config.classifier] if config.uses_cam else []
+        judge.check_independent(judge_name, cams, allow_same_judge)
+        judge_net = classifier.load(judge_name, w)
+    return Models(w, network, judge_net), config
 
 
 def set_key(
@@ -151,8 +188,7 @@ def set_key(
 
 
 def fuse_and_save(
-    w: weights.Weights | None,
-    network: classifier.Network | None,
+    models: Models,
     config: fusion.FusionConfig,
     names: list[str],
     sets: list[np.ndarray],
@@ -160,11 +196,13 @@ def fuse_and_save(
     bits: list[int],
 ) -> tuple[list[Record], fusion.FusionResult]:
     """Fuse same-shape sets ``[N, H, W, C]`` together, write each output at its bit depth, and
-    return per-set records (with the classes of the inputs and the result when a classifier
-    ``network`` is given)."""
+    return per-set records: with a judge, its semantic scores and classes (of the inputs and the
+    written file), else with a classifier ``network``, its classes."""
     start = time.perf_counter()
-    result = fusion.fuse(w, np.stack(sets), config, log_progress, network, bits)
+    stacked = np.stack(sets)
+    result = fusion.fuse(models.vgg, stacked, config, log_progress, models.network, bits)
     seconds = time.perf_counter() - start
+    semantic = None
     records = []
     for b, (name, out) in enumerate(zip(names, outputs, strict=True)):
         files.save_image(out, result.fused[b], bits[b])
@@ -195,10 +233,17 @@ def fuse_and_save(
                     metric: [float(x) for x in result.edge_quality[:, b, k]]
                     for k, metric in enumerate(fm4.EDGE_QUALITY_NAMES)
                 }
-        if network is not None:
-            record["classes"] = classifier.class_report(network, sets[b], result.fused[b])
         records.append(record)
         logging.info("wrote %s", out)
+    reporter = models.judge if models.judge is not None else models.network
+    if reporter is not None:  # of the files as written
+        written = [files.load_image(out) for out in outputs]
+        if models.judge is not None:
+            semantic = judge.scores(models.judge, stacked, np.stack(written))
+        for b, record in enumerate(records):
+            record["classes"] = classifier.class_report(reporter, sets[b], written[b])
+            if semantic is not None:
+                record.update(semantic[b])
     return records, result
 
 
@@ -225,9 +270,13 @@ def fuse_set(
     figure: str | None = None,
     overwrite: bool = False,
     memory_limit: int | None = None,
+    judge_name: str | None = None,
+    allow_same_judge: bool = False,
 ) -> Record:
     """Fuse one set into ``output``; optionally write a JSON ``report`` and a contact-sheet
-    ``figure`` (with the classes of the inputs and the result). Returns the report's record."""
+    ``figure`` (with the classes of the inputs and the result, by the judge ``judge_name`` if
+    given, else by the CAM classifier), and score it semantically by the judge. Returns the
+    report's record."""
     inputs = [Path(p) for p in inputs]
     named = [p for p in (output, figure, report) if p]
     read = [*inputs, *([Path(weights_file)] if weights_file else [])]
@@ -237,9 +286,15 @@ def fuse_set(
         files.check_image_suffix(figure)
     limit = default_memory_limit() if memory_limit is None else memory_limit
     images = load_set(inputs, config, limit)
-    w, network, config = load_models(config, weights_file, classes=bool(report or figure))
+    models, config = load_models(
+        config,
+        weights_file,
+        classes=bool(report or figure),
+        judge_name=judge_name,
+        allow_same_judge=allow_same_judge,
+    )
     bits = max(files.bit_depth(p) for p in inputs)
-    records, result = fuse_and_save(w, network, config, [output.stem], [images], [output], [bits])
+    records, result = fuse_and_save(models, config, [output.stem], [images], [output], [bits])
     if figure:
         sheet = contact_sheet(
             images,
@@ -251,7 +306,7 @@ def fuse_set(
         )
         files.write_pil(Path(figure), sheet)
         logging.info("wrote %s", figure)
-    record = {**run_info(w, config), **records[0], "inputs": [str(p) for p in inputs]}
+    record = {**run_info(models, config), **records[0], "inputs": [str(p) for p in inputs]}
     write_report(report, record)
     return record
 
@@ -375,9 +430,12 @@ def fuse_manifest(
     report: str | None = None,
     process: int = 0,
     processes: int = 1,
+    judge_name: str | None = None,
+    allow_same_judge: bool = False,
 ) -> list[Record]:
     """Fuse every set of ``manifest`` into ``out_dir/NAME.png``; return one record per set
-    (``status`` ``done`` or ``failed``) and write them to the report (if any).
+    (``status`` ``done`` or ``failed``, with the judge's semantic scores when ``judge_name`` is
+    given) and write them to the report (if any).
 
     With ``resume``, sets recorded as done (whose output exists) are skipped and the outputs of
     unfinished sets may be replaced. A set that fails (unreadable, too large, unwritable output)
@@ -436,8 +494,12 @@ def fuse_manifest(
         batches = plan_batches([key for *_, key in valid], config, batch_size, limit)
         mine = batches[process::processes]
         todo = [b for b in mine if not all(valid[i][0] in finished for i in b)]
-        w, network, config = (
-            load_models(config, weights_file, classes=False) if todo else (None, None, config)
+        models, config = (
+            load_models(
+                config, weights_file, judge_name=judge_name, allow_same_judge=allow_same_judge
+            )
+            if todo
+            else (Models(None, None, None), config)
         )
         started = time.perf_counter()
         total = sum(len(b) for b in mine)
@@ -447,7 +509,7 @@ def fuse_manifest(
                 records += [{**previous[m[0]], "resumed": True} for m in members]
                 continue
             logging.info("batch %d/%d: %s", number, len(mine), ", ".join(m[0] for m in members))
-            done = _fuse_members(w, network, config, members, failure)
+            done = _fuse_members(models, config, members, failure)
             append_status(status, done)
             records += done
             so_far = sum(len(b) for b in mine[:number])
@@ -459,15 +521,14 @@ def fuse_manifest(
         logging.info(
             "%d sets done (%d from before), %d failed", len(records) - failed, resumed, failed
         )
-        write_report(report, {**run_info(w, config), "process": process, "sets": records})
+        write_report(report, {**run_info(models, config), "process": process, "sets": records})
         if failed:
             raise SemfuseError(f"{failed} of {len(records)} sets failed (see the log)")
         return records
 
 
 def _fuse_members(
-    w: weights.Weights | None,
-    network: classifier.Network | None,
+    models: Models,
     config: fusion.FusionConfig,
     members: list[tuple[str, list[Path], Path, tuple[int, int, int]]],
     failure: Any,
@@ -484,7 +545,7 @@ def _fuse_members(
     for group in fusion.group_batches([images.shape for _, images, _, _ in loaded], len(loaded)):
         names, sets, outputs, bits = map(list, zip(*(loaded[i] for i in group), strict=True))
         try:
-            fused, _ = fuse_and_save(w, network, config, names, sets, outputs, bits)
+            fused, _ = fuse_and_save(models, config, names, sets, outputs, bits)
             done += [{**r, "status": "done"} for r in fused]
         except DiskFullError:  # every later write would fail too: stop the run
             raise

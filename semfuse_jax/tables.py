@@ -3,7 +3,9 @@
 :func:`run_table` fuses every ``DOMAIN/SET`` folder with every configuration (same-size sets
 batched), scores the file it wrote (:func:`score`), and writes ``table.csv/.md/.json`` (best per
 set and column in bold), ``summary.csv/.md`` (per-domain means) and
-``fused/METHOD/DOMAIN__SET.png``. The JSON keeps every configuration whole.
+``fused/METHOD/DOMAIN__SET.png``. The JSON keeps every configuration whole. With a judge
+(:mod:`semfuse_jax.judge`), every row also has ``semantic_kept`` and ``semantic_ratio`` (and
+the judge's classes in the JSON); the settings name the judge.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from absl import logging
 
-from semfuse_jax import files, fusion, metrics, weights
+from semfuse_jax import files, fusion, judge, metrics, runs
 from semfuse_jax.errors import SemfuseError
 
 TABLE_FILES = ("table.csv", "table.json", "table.md", "summary.csv", "summary.md")
@@ -37,9 +39,15 @@ def score(inputs: np.ndarray, fused: np.ndarray) -> dict[str, float | None]:
     }
 
 
+def columns_of(records: Sequence[dict]) -> tuple[str, ...]:
+    """:data:`COLUMNS`, and the judge's columns when the records have them."""
+    semantic = any(judge.COLUMNS[0] in r for r in records)
+    return (*COLUMNS, *(judge.COLUMNS if semantic else ()))
+
+
 def summarise(records: Sequence[dict]) -> list[dict]:
     """Per domain and method (first-seen order): ``sets`` and the mean of every column of
-    :data:`COLUMNS` over the sets that have it (None when none has)."""
+    :func:`columns_of` over the sets that have it (None when none has)."""
     summary = []
     for domain in dict.fromkeys(r["domain"] for r in records):
         for method in dict.fromkeys(r["method"] for r in records):
@@ -47,7 +55,7 @@ def summarise(records: Sequence[dict]) -> list[dict]:
             if not rows:
                 continue
             means = {}
-            for column in COLUMNS:
+            for column in columns_of(records):
                 present = [r[column] for r in rows if r.get(column) is not None]
                 means[column] = float(np.mean(present)) if present else None
             summary.append({"domain": domain, "method": method, "sets": len(rows), **means})
@@ -81,7 +89,8 @@ def bold_best(records: list[dict], key_fields: list[str]) -> list[list[str]]:
     """Rows of ``key_fields`` + columns with the best value per column in bold (the highest, or
     the lowest for :data:`semfuse_jax.metrics.LOWER_IS_BETTER`); a missing value is ``–``."""
     best = {}
-    for m in COLUMNS:
+    columns = columns_of(records)
+    for m in columns:
         present = [r[m] for r in records if r.get(m) is not None]
         pick = min if m in metrics.LOWER_IS_BETTER else max
         best[m] = pick(present) if present else None
@@ -91,7 +100,7 @@ def bold_best(records: list[dict], key_fields: list[str]) -> list[list[str]]:
             return "–"
         return f"**{value:.4f}**" if value == best[m] else f"{value:.4f}"
 
-    return [[str(r[k]) for k in key_fields] + [cell(r.get(m), m) for m in COLUMNS] for r in records]
+    return [[str(r[k]) for k in key_fields] + [cell(r.get(m), m) for m in columns] for r in records]
 
 
 def csv_text(fields: Sequence[str], rows: Sequence[dict]) -> str:
@@ -105,7 +114,8 @@ def csv_text(fields: Sequence[str], rows: Sequence[dict]) -> str:
 
 def write_table(out: Path, records: list[dict], settings: dict) -> None:
     """table.csv/.md/.json and the per-domain summary.csv/.md."""
-    fields = ["domain", "set", "method", *COLUMNS]
+    columns = columns_of(records)
+    fields = ["domain", "set", "method", *columns]
     files.write_text(out / "table.csv", csv_text(fields, records))
     table = {"settings": settings, "rows": records}
     files.write_text(out / "table.json", json.dumps(table, indent=2))
@@ -114,17 +124,17 @@ def write_table(out: Path, records: list[dict], settings: dict) -> None:
         rows = [r for r in records if (r["domain"], r["set"]) == (domain, name)]
         parts.append(
             f"### {domain}/{name}\n\n"
-            + markdown_table(["method", *COLUMNS], bold_best(rows, ["method"]))
+            + markdown_table(["method", *columns], bold_best(rows, ["method"]))
         )
     files.write_text(out / "table.md", "\n\n".join(parts) + "\n")
     summary = summarise(records)
-    files.write_text(out / "summary.csv", csv_text(["domain", "method", "sets", *COLUMNS], summary))
+    files.write_text(out / "summary.csv", csv_text(["domain", "method", "sets", *columns], summary))
     blocks = []
     for domain in dict.fromkeys(r["domain"] for r in summary):
         rows = [r for r in summary if r["domain"] == domain]
         blocks.append(
             f"### {domain} (mean of {rows[0]['sets']} sets)\n\n"
-            + markdown_table(["method", *COLUMNS], bold_best(rows, ["method"]))
+            + markdown_table(["method", *columns], bold_best(rows, ["method"]))
         )
     files.write_text(out / "summary.md", "\n\n".join(blocks) + "\n")
 
@@ -138,13 +148,24 @@ def run_table(
     weights_file: str | None = None,
     batch_size: int = 8,
     overwrite: bool = False,
+    judge_name: str | None = None,
+    allow_same_judge: bool = False,
 ) -> list[dict]:
     """Fuse every set under ``root`` (or the ``DOMAIN/SET`` folders ``sets``) with every
-    configuration, score the written files, write the tables into ``out``; return the rows."""
+    configuration, score the written files (semantically too by the judge ``judge_name``), write
+    the tables into ``out``; return the rows.
+
+    Each configuration's networks are loaded once (:func:`semfuse_jax.runs.load_models`) before
+    anything is fused, so a judge equal to any configuration's CAM classifier is refused first.
+    """
     out = Path(out)
     if not configs:
         raise SemfuseError("no methods to run; name at least one")
     found = find_sets(Path(root), sets)
+    loaded = [
+        runs.load_models(c, weights_file, judge_name=judge_name, allow_same_judge=allow_same_judge)
+        for c in configs
+    ]
     fused_path = {
         (c.method, domain, name): out / "fused" / c.method / f"{domain}__{name}.png"
         for c in configs
@@ -158,25 +179,37 @@ def run_table(
     read = [p for *_, paths in found for p in paths] + [Path(p) for p in [weights_file] if p]
     files.check_outputs([*(out / f for f in TABLE_FILES), *fused_path.values()], read, overwrite)
     images = [fusion.stack_set([files.load_image(p) for p in paths]) for _, _, paths in found]
-    needed = tuple(dict.fromkeys(o for c in configs for o in c.required_outputs))
-    w = weights.load_weights(weights_file, outputs=needed) if needed else None
     records = []
-    for config in configs:
+    for models, config in loaded:
         for batch in fusion.group_batches([s.shape for s in images], batch_size):
             logging.info("%s: %s", config.method, ", ".join(found[i][1] for i in batch))
             bits = [max(files.bit_depth(p) for p in found[i][2]) for i in batch]
-            result = fusion.fuse(w, np.stack([images[i] for i in batch]), config, bits=bits)
+            stacked = np.stack([images[i] for i in batch])
+            result = fusion.fuse(models.vgg, stacked, config, network=models.network, bits=bits)
+            written = []
             for b, i in enumerate(batch):
                 domain, name, _ = found[i]
                 path = fused_path[config.method, domain, name]
                 files.save_image(path, result.fused[b], bits[b])
+                written.append(files.load_image(path))  # every score is of the file
+            semantic = (
+                judge.scores(models.judge, stacked, np.stack(written))
+                if models.judge is not None
+                else [{}] * len(batch)
+            )
+            for b, i in enumerate(batch):
+                domain, name, _ = found[i]
                 record = {"domain": domain, "set": name, "method": config.method}
                 record["steps"] = result.steps
                 if result.best_epoch is not None:  # FM4: the epoch its result comes from
                     record["kept_epoch"] = int(result.best_epoch[b])
                 if result.edge_kept is not None:  # FM4: whether its edge refinement was kept
                     record["edge_kept"] = bool(result.edge_kept[b])
-                records.append(record | score(images[i], files.load_image(path)))  # the file
-    settings = {"methods": [c.method for c in configs], "configs": [c.to_dict() for c in configs]}
+                records.append(record | score(images[i], written[b]) | semantic[b])
+    settings = {
+        "methods": [config.method for _, config in loaded],
+        "configs": [config.to_dict() for _, config in loaded],
+        "judge": judge_name,
+    }
     write_table(out, records, settings)
     return records

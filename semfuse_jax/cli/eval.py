@@ -1,13 +1,17 @@
 """semfuse-eval: score a fusion, or fuse and score many sets with many methods (Table 1 style).
 
 Score one result (all metrics; JSON keys q0, qw, qe, qabf, qabf_petrovic, en, sd, sf, ag, mi, ssim,
-mef_ssim, overshoot, chroma_error; the last is null for sets without colour):
-  semfuse-eval --inputs=A.png,B.png --fused=F.png [--json]
+mef_ssim, overshoot, chroma_error; the last is null for sets without colour; with --judge also
+semantic_kept, semantic_ratio and the judge's classes under semantic):
+  semfuse-eval --inputs=A.png,B.png --fused=F.png [--json] [--judge=efficientnet_lite1]
+The judge must not be the classifier whose CAMs made the fusion: it is taken from --config (the
+fusion's report) or --classifier when given, and refused when equal (--allow_same_judge allows).
 Table mode: every set folder ``DOMAIN/SET`` under ``--table`` (or those named by ``--sets``), fused
 with every ``--methods`` entry (same-size sets batched), scored, and written to ``--output_dir`` as
 table.csv/.md/.json (best per set and column in bold), summary.csv/.md (per-domain means) and
 fused/METHOD/DOMAIN__SET.png:
   semfuse-eval --table=../shared/data --methods=average,dwt,laplacian,fm0,fm1 --output_dir=eval
+With --judge, table mode adds the columns semantic_kept and semantic_ratio.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from pathlib import Path
 
 from absl import flags
 
-from semfuse_jax import files, fusion, methods, tables
+from semfuse_jax import classifier, files, fusion, judge, methods, tables, weights
 from semfuse_jax.cli import options, run_guarded
 from semfuse_jax.errors import SemfuseError
 
@@ -36,17 +40,49 @@ _OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Table mode: output folder
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Table mode: replace existing output files.")
 
 
+def cam_classifier() -> str | None:
+    """The classifier whose CAMs made the scored image, as far as the flags tell: that of
+    ``--config`` (a report or configuration), else ``--classifier`` when given, else unknown."""
+    if options.CONFIG.value:
+        config = options.read_config(options.CONFIG.value)
+        if not config.uses_cam:
+            return None
+        name = config.classifier
+    elif flags.FLAGS["classifier"].present:
+        name = options.CLASSIFIER.value
+    else:
+        return None
+    return classifier.resolve(
+        name, weights.load_weights(options.WEIGHTS.value) if name == "auto" else None
+    )
+
+
 def score_one() -> int:
     inputs = fusion.stack_set([files.load_image(p) for p in _INPUTS.value])
     fused = files.load_image(_FUSED.value)
     if fused.shape[:2] != inputs.shape[1:3]:
         raise SemfuseError(f"fused image {_FUSED.value} is not the size of the inputs")
-    values = tables.score(inputs, fused)
+    semantic = None
+    if options.JUDGE.value:
+        cams = cam_classifier()
+        judge.check_independent(
+            options.JUDGE.value, [cams] if cams else [], options.ALLOW_SAME_JUDGE.value
+        )
+        vgg = (
+            weights.load_weights(options.WEIGHTS.value) if options.JUDGE.value == "vgg19" else None
+        )
+        network = classifier.load(options.JUDGE.value, vgg)
+        semantic = judge.scores(network, inputs[None], fused[None])[0]
+        semantic["networks"] = {"cam": cams, "judge": options.JUDGE.value}
+    values = tables.score(inputs, fused) | (semantic or {})
     if _JSON.value:
         print(json.dumps(values, indent=2))
-    else:
-        for name, value in values.items():
-            print(f"{name:14s} {'–' if value is None else f'{value:.6f}'}")
+        return 0
+    for name in (*tables.COLUMNS, *(judge.COLUMNS if semantic else ())):
+        value = values[name]
+        print(f"{name:14s} {'–' if value is None else f'{value:.6f}'}")
+    if semantic:
+        print(judge.describe(semantic["semantic"]))
     return 0
 
 
@@ -63,6 +99,8 @@ def table_mode() -> int:
         weights_file=options.WEIGHTS.value,
         batch_size=options.BATCH.value,
         overwrite=_OVERWRITE.value,
+        judge_name=options.JUDGE.value,
+        allow_same_judge=options.ALLOW_SAME_JUDGE.value,
     )
     print((Path(_OUTPUT_DIR.value) / "summary.md").read_text())
     return 0

@@ -85,6 +85,8 @@ def main(argv: Sequence[str]) -> int:
         "report": _REPORT.value,
         "overwrite": _OVERWRITE.value,
         "memory_limit": options.memory_limit_bytes(),
+        "judge_name": options.JUDGE.value,
+        "allow_same_judge": options.ALLOW_SAME_JUDGE.value,
     }
     if single:
         runs.fuse_set(_INPUTS.value, _OUTPUT.value, config, figure=_FIGURE.value, **common)

@@ -33,8 +33,21 @@ CLASSIFIER = flags.DEFINE_enum(
     "classifier",
     "auto",
     classifier.CLASSIFIERS,
-    "ImageNet classifier for Grad-CAM (FM2/FM3) and the class report; auto: vgg19 when the "
-    "--weights file holds its classifier, else efficientnet_lite0 (installed with the package).",
+    "ImageNet classifier of the CAMs (FM2/FM3/FM5) and, without --judge, of the class report; "
+    "auto: vgg19 when the --weights file holds its classifier, else efficientnet_lite0 "
+    "(installed with the package).",
+)
+JUDGE = flags.DEFINE_enum(
+    "judge",
+    None,
+    classifier.NAMES,
+    "An independent classifier that judges semantic retention (for each input, whether its "
+    "top-1 class is in the fused image's top-5): adds semantic_kept and semantic_ratio to "
+    "scores, tables and reports; must not be the fusion's CAM classifier (efficientnet_lite1 "
+    "judges the default efficientnet_lite0).",
+)
+ALLOW_SAME_JUDGE = flags.DEFINE_bool(
+    "allow_same_judge", False, "Let --judge be the classifier whose CAMs made the fusion."
 )
 CAM = flags.DEFINE_enum(
     "cam",
