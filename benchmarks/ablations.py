@@ -134,6 +134,11 @@ def mixed(spec: methods.Method, images: np.ndarray, maps: np.ndarray) -> np.ndar
     return np.asarray(jax.jit(jax.vmap(spec.mix))(jnp.asarray(images), jnp.asarray(maps))[0])
 
 
+def share(localised: dict, kind: str) -> str:
+    value = localised.get(f"on_object_{kind}")
+    return "–" if value is None else f"{value:.3f}"
+
+
 def part_cams(lite0, lite1, shots, variants: Sequence[tuple[str, int]], name: str) -> None:
     pairs, images, _ = cross_scene_pairs(shots, lite1)
     keys = list(shots)
@@ -175,8 +180,8 @@ def part_cams(lite0, lite1, shots, variants: Sequence[tuple[str, int]], name: st
         lines.append(
             f"| {method}{note} | top-{top_k} | {row['fm3']['both_kept']}/{len(pairs)} | "
             f"{row['fm3']['mean_ratio']:.3f} | {row['fm5']['both_kept']}/{len(pairs)} | "
-            f"{row['fm5']['mean_ratio']:.3f} | {loc.get('on_object_product', float('nan')):.3f} | "
-            f"{loc.get('on_object_mean', float('nan')):.3f} | {row['seconds_per_photo']:.1f} |"
+            f"{row['fm5']['mean_ratio']:.3f} | {share(loc, 'product')} | {share(loc, 'mean')} | "
+            f"{row['seconds_per_photo']:.1f} |"
         )
         print(lines[-1], flush=True)
     save(_OUT.value, f"ablations_{name}", rows, lines)
