@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from semfuse_jax import cam, classifier, colour, files, fm4, methods
+from semfuse_jax import cam, classifier, colour, files, fm4, methods, models
 from semfuse_jax.errors import SemfuseError
 from semfuse_jax.optimise import (
     BATCHING,
@@ -35,7 +35,7 @@ from semfuse_jax.optimise import (
     optimise,
     refine_edges,
 )
-from semfuse_jax.weights import Weights, load_weights
+from semfuse_jax.weights import Weights
 
 # The version of the settings a report records (``FusionConfig.to_dict``): raised whenever a
 # setting is added, removed or changes meaning, so an old report is never re-run silently
@@ -445,14 +445,16 @@ def fuse_planes(
     luminance of a colour-true fusion), with no colour handling.
 
     Args:
-      weights: VGG19 weights holding the layers ``config.required_outputs`` need; None loads
-        the default ones (``weights.load_weights()``: ``$SEMFUSE_WEIGHTS``, the cache's file,
-        else the built-in ``conv1_1``). Unused by the methods that do not optimise.
+      weights: VGG19 weights holding the layers ``config.required_outputs`` need (and, for
+        ``classifier="vgg19"``, its classifier); None loads what
+        :func:`semfuse_jax.models.load_models` loads for ``config`` (``$SEMFUSE_WEIGHTS``, the
+        cache's file, else the built-in ``conv1_1``), as the tools do. Unused by the methods
+        that neither optimise nor make CAMs.
       images: ``[B, N, H, W, C]`` in ``[0, 1]`` (N ≥ 2; C = 1 grey or 3 RGB).
       config: see :class:`FusionConfig`.
       progress: per-epoch callback, see :func:`semfuse_jax.optimise.optimise`.
-      network: the classifier of the methods that need Grad-CAM maps; None loads
-        ``config.classifier``.
+      network: the classifier of the methods that need CAM maps; None loads
+        ``config.classifier`` (``auto`` resolved against ``weights``, or as above).
       chroma: for a colour-true fusion, the chroma ``[B, H, W, 2]`` the fused luminance will be
         combined with: a method with bounds (FM4) then also keeps its steps from taking the
         luminance further out of that chroma's gamut than its start
@@ -465,6 +467,9 @@ def fuse_planes(
     average = np.asarray(jnp.mean(images, axis=1))
     if spec.combine is not None:
         return FusionResult(fused=np.asarray(spec.combine(images), np.float32), average=average)
+    if weights is None and (spec.optimised or (spec.maps is not None and network is None)):
+        loaded, _ = models.load_models(config, None)
+        weights, network = loaded.vgg, network if network is not None else loaded.network
     maps = None
     if spec.maps is not None:
         network = network if network is not None else classifier.load(config.classifier, weights)
@@ -480,8 +485,6 @@ def fuse_planes(
             probabilities=np.asarray(maps),
             mixing=np.asarray(mixing),
         )
-    if weights is None:  # $SEMFUSE_WEIGHTS, the cache's file, else the built-in conv1_1
-        weights = load_weights(outputs=config.required_outputs)
     weights.require(config.required_outputs)
     init, choice = per_set(spec.start, images)
     targets = fusion_targets(

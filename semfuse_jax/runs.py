@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import dataclasses
 import fcntl
 import json
 import os
@@ -26,7 +25,7 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import flax
 import jax
@@ -35,9 +34,10 @@ import optax
 from absl import logging
 
 import semfuse_jax
-from semfuse_jax import classifier, files, fm4, fusion, judge, weightfiles, weights
+from semfuse_jax import classifier, files, fm4, fusion, judge, weightfiles
 from semfuse_jax.errors import DiskFullError, SemfuseError, write_error
 from semfuse_jax.figure import contact_sheet
+from semfuse_jax.models import Models, load_models
 
 STATUS_FILE = "status.jsonl"
 
@@ -123,52 +123,6 @@ def run_info(models: Models, config: fusion.FusionConfig) -> Record:
         },
         "device": str(jax.devices()[0]),
     }
-
-
-class Models(NamedTuple):
-    """The networks of a run, each loaded once.
-
-    Attributes:
-      vgg: the VGG19 weights the method needs (None when it needs none).
-      network: the classifier of the CAMs (and of the class report without a judge); None when
-        neither is wanted.
-      judge: the independent classifier of the semantic scores (``--judge``), or None.
-    """
-
-    vgg: weights.Weights | None
-    network: classifier.Network | None
-    judge: classifier.Network | None
-
-
-def load_models(
-    config: fusion.FusionConfig,
-    weights_file: str | None,
-    *,
-    classes: bool = False,
-    judge_name: str | None = None,
-    allow_same_judge: bool = False,
-) -> tuple[Models, fusion.FusionConfig]:
-    """The networks ``config`` needs (:class:`Models`; the class report's with ``classes``, a
-    judge with ``judge_name``) and ``config`` with its classifier resolved to a concrete name.
-
-    Raises:
-      SemfuseError: a judge that is the CAM classifier (unless ``allow_same_judge``), or a
-        network that cannot be loaded.
-    """
-    w = network = judge_net = None
-    wants_network = config.uses_cam or (classes and judge_name is None)
-    wants_vgg = wants_network and config.classifier != "efficientnet_lite0"
-    if config.required_outputs or wants_vgg or judge_name == "vgg19":
-        full = wants_vgg or judge_name == "vgg19"
-        w = weights.load_weights(weights_file, outputs=None if full else config.required_outputs)
-    if wants_network:
-        network = classifier.load(config.classifier, w)
-        config = dataclasses.replace(config, classifier=classifier.network_name(network))
-    if judge_name is not None:
-        cams = [config.classifier] if config.uses_cam else []
-        judge.check_independent(judge_name, cams, allow_same_judge)
-        judge_net = classifier.load(judge_name, w)
-    return Models(w, network, judge_net), config
 
 
 def set_key(

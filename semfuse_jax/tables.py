@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from absl import logging
 
-from semfuse_jax import files, fusion, judge, metrics, runs
+from semfuse_jax import files, fusion, judge, metrics, models
 from semfuse_jax.errors import SemfuseError
 
 TABLE_FILES = ("table.csv", "table.json", "table.md", "summary.csv", "summary.md")
@@ -155,7 +155,7 @@ def run_table(
     configuration, score the written files (semantically too by the judge ``judge_name``), write
     the tables into ``out``; return the rows.
 
-    Each configuration's networks are loaded once (:func:`semfuse_jax.runs.load_models`) before
+    Each configuration's networks are loaded once (:func:`semfuse_jax.models.load_models`) before
     anything is fused, so a judge equal to any configuration's CAM classifier is refused first.
     """
     out = Path(out)
@@ -163,7 +163,9 @@ def run_table(
         raise SemfuseError("no methods to run; name at least one")
     found = find_sets(Path(root), sets)
     loaded = [
-        runs.load_models(c, weights_file, judge_name=judge_name, allow_same_judge=allow_same_judge)
+        models.load_models(
+            c, weights_file, judge_name=judge_name, allow_same_judge=allow_same_judge
+        )
         for c in configs
     ]
     fused_path = {
@@ -180,12 +182,12 @@ def run_table(
     files.check_outputs([*(out / f for f in TABLE_FILES), *fused_path.values()], read, overwrite)
     images = [fusion.stack_set([files.load_image(p) for p in paths]) for _, _, paths in found]
     records = []
-    for models, config in loaded:
+    for nets, config in loaded:
         for batch in fusion.group_batches([s.shape for s in images], batch_size):
             logging.info("%s: %s", config.method, ", ".join(found[i][1] for i in batch))
             bits = [max(files.bit_depth(p) for p in found[i][2]) for i in batch]
             stacked = np.stack([images[i] for i in batch])
-            result = fusion.fuse(models.vgg, stacked, config, network=models.network, bits=bits)
+            result = fusion.fuse(nets.vgg, stacked, config, network=nets.network, bits=bits)
             written = []
             for b, i in enumerate(batch):
                 domain, name, _ = found[i]
@@ -193,8 +195,8 @@ def run_table(
                 files.save_image(path, result.fused[b], bits[b])
                 written.append(files.load_image(path))  # every score is of the file
             semantic = (
-                judge.scores(models.judge, stacked, np.stack(written))
-                if models.judge is not None
+                judge.scores(nets.judge, stacked, np.stack(written))
+                if nets.judge is not None
                 else [{}] * len(batch)
             )
             for b, i in enumerate(batch):

@@ -76,12 +76,13 @@ def photos(data_dir) -> dict[str, np.ndarray]:
     }
 
 
-def test_real_lite0_classifies_photos_through_the_loading_path(photos, tmp_path, monkeypatch):
+@pytest.mark.parametrize("name", list(efficientnet.PACKAGES))
+def test_real_lites_classify_photos_through_the_loading_path(name, photos, tmp_path, monkeypatch):
     monkeypatch.setenv("SEMFUSE_CACHE", str(tmp_path))
-    net = efficientnet.load("efficientnet_lite0")  # converts the package's file into the cache
-    cached = tmp_path / "efficientnet_lite0.safetensors"
+    net = efficientnet.load(name)  # converts the package's file into the cache
+    cached = tmp_path / f"{name}.safetensors"
     assert cached.is_file()
-    again = efficientnet.load("efficientnet_lite0")  # reads the canonical file
+    again = efficientnet.load(name)  # reads the canonical file
     for a, b in zip(jax.tree.leaves(net.params), jax.tree.leaves(again.params), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     names = classifier.class_names()

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from semfuse_jax import files, fusion, methods, optimise
+from semfuse_jax import files, fusion, methods, models, optimise
 from semfuse_jax.errors import MissingLayersError, SemfuseError
 from semfuse_jax.optimise import Schedule
 from semfuse_jax.synthetic import multifocus_set
@@ -88,6 +88,23 @@ def test_fm3_is_the_exact_convex_mix(full_weights, sharp_images):
     low, high = images[0].min(axis=0), images[0].max(axis=0)
     assert np.all(result.fused[0] >= low - 1e-6) and np.all(result.fused[0] <= high + 1e-6)
     assert result.steps == 0 and 0.0 <= p.min() < 0.05 and 0.95 < p.max() <= 1.0
+
+
+def test_library_and_tools_pick_the_same_classifier_for_auto(
+    full_weights, full_weights_file, sharp_images, monkeypatch
+):
+    """With a full VGG19 in $SEMFUSE_WEIGHTS, ``fuse(None, ...)`` resolves ``auto`` to VGG19,
+    as ``semfuse-fuse`` and table mode do (all through ``models.load_models``)."""
+    monkeypatch.setenv("SEMFUSE_WEIGHTS", str(full_weights_file))
+    images = np.stack([sharp_images[0], sharp_images[1]])[None]
+    config = fusion.FusionConfig(method="fm3")
+    loaded, resolved = models.load_models(config, None)
+    assert resolved.classifier == "vgg19" and "fc8" in loaded.vgg.params
+    library = fusion.fuse(None, images, config)
+    vgg = fusion.fuse(full_weights, images, config)
+    lite0 = fusion.fuse(None, images, dataclasses.replace(config, classifier="efficientnet_lite0"))
+    np.testing.assert_array_equal(library.fused, vgg.fused)
+    assert np.abs(library.probabilities - lite0.probabilities).max() > 0.1
 
 
 def test_fm3_three_inputs_and_top_k(full_weights, sharp_images):
