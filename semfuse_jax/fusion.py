@@ -45,11 +45,17 @@ CONFIG_VERSION = 3
 # are today's defaults (:data:`semfuse_jax.fm4.DEFAULT`, FM5's ``BlendParams()``), so it is
 # read with those.
 READS_VERSIONS = (2, 3)
+COMPUTE_DTYPES: tuple[str, ...] = ("float32", "bfloat16")
 
 
 @dataclasses.dataclass(frozen=True)
 class FusionConfig:
     """Settings of one fusion run.
+
+    Every field but ``method`` and ``method_params`` is also a flag of the tools, named as the
+    field (the schedule's as its own fields), with the field's default and, as its help, the
+    text below (:func:`semfuse_jax.cli.options.define_config_flags`); ``choices`` in a field's
+    metadata make it an enum flag.
 
     Attributes:
       method: a name in :data:`semfuse_jax.methods.REGISTRY` (FM0–FM5 or a baseline).
@@ -84,27 +90,30 @@ class FusionConfig:
         :attr:`semfuse_jax.methods.Method.edges`) after its optimisation; False is its ablation.
       method_params: the method's own settings (:attr:`semfuse_jax.methods.Method.params`:
         :class:`semfuse_jax.fm4.Params`, :class:`semfuse_jax.methods.BlendParams`); None: its
-        defaults. :attr:`params` is what runs, and what :meth:`to_dict` records.
+        defaults (settings equal to the defaults are stored as None). :attr:`params` is what
+        runs, and what :meth:`to_dict` records.
     """
 
-    method: str = "fm0"
+    method: str = dataclasses.field(default="fm0", metadata={"flag": False})
     layers: tuple[str, ...] = ("conv1_1",)
     schedule: Schedule = dataclasses.field(default_factory=Schedule)
-    solver: str = "adam"
-    classifier: str = "auto"
+    solver: str = dataclasses.field(default="adam", metadata={"choices": SOLVERS})
+    classifier: str = dataclasses.field(
+        default="auto", metadata={"choices": classifier.CLASSIFIERS}
+    )
     top_k: int = 1
     target_class: int | None = None
-    cam: str = "gradcam"
+    cam: str = dataclasses.field(default="gradcam", metadata={"choices": cam.NAMES})
     cam_layers: tuple[str, ...] = ()
     fm2_weighted_target: bool = False
     init_noise: float = 0.0
     seed: int = 0
-    compute_dtype: str = "float32"
-    gradient: str = "auto"
-    batching: str = "auto"
-    colour: str | None = None
+    compute_dtype: str = dataclasses.field(default="float32", metadata={"choices": COMPUTE_DTYPES})
+    gradient: str = dataclasses.field(default="auto", metadata={"choices": GRADIENTS})
+    batching: str = dataclasses.field(default="auto", metadata={"choices": BATCHING})
+    colour: str | None = dataclasses.field(default=None, metadata={"choices": colour.COLOUR_MODES})
     refine_edges: bool = True
-    method_params: Any = None
+    method_params: Any = dataclasses.field(default=None, metadata={"flag": False})
 
     def __post_init__(self) -> None:
         spec = methods.get(self.method)  # a known name
@@ -113,6 +122,8 @@ class FusionConfig:
         ):
             wanted = "none" if spec.params is None else type(spec.params).__qualname__
             raise SemfuseError(f"method {self.method} takes {wanted} as its settings")
+        if self.method_params == spec.params:  # the defaults: equal configs compare equal
+            object.__setattr__(self, "method_params", None)
         if self.solver not in SOLVERS:
             raise SemfuseError(f"unknown solver {self.solver!r}; choose from {', '.join(SOLVERS)}")
         if self.solver == "fast":
@@ -125,7 +136,7 @@ class FusionConfig:
             raise SemfuseError("top_k must be between 1 and 1000")
         if not 0 <= self.init_noise <= 255:
             raise SemfuseError("init_noise must be between 0 and 255 grey levels")
-        if self.compute_dtype not in ("float32", "bfloat16"):
+        if self.compute_dtype not in COMPUTE_DTYPES:
             raise SemfuseError("compute_dtype must be float32 or bfloat16")
         if self.target_class is not None and not 0 <= self.target_class < 1000:
             raise SemfuseError("target_class must be an ImageNet class index 0..999")
