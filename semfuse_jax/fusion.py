@@ -40,22 +40,12 @@ from semfuse_jax.weights import Weights
 # The version of the settings a report records (``FusionConfig.to_dict``): raised whenever a
 # setting is added, removed or changes meaning, so an old report is never re-run silently
 # with settings it did not run with.
-CONFIG_VERSION = 3
-# Version 2 did not record ``method_params``; every version-2 report ran with the settings that
-# are today's defaults (:data:`semfuse_jax.fm4.DEFAULT`, FM5's ``BlendParams()``), so it is
-# read with those.
-READS_VERSIONS = (2, 3)
-COMPUTE_DTYPES: tuple[str, ...] = ("float32", "bfloat16")
+CONFIG_VERSION = 2
 
 
 @dataclasses.dataclass(frozen=True)
 class FusionConfig:
     """Settings of one fusion run.
-
-    Every field but ``method`` and ``method_params`` is also a flag of the tools, named as the
-    field (the schedule's as its own fields), with the field's default and, as its help, the
-    text below (:func:`semfuse_jax.cli.options.define_config_flags`); ``choices`` in a field's
-    metadata make it an enum flag.
 
     Attributes:
       method: a name in :data:`semfuse_jax.methods.REGISTRY` (FM0–FM5 or a baseline).
@@ -88,42 +78,28 @@ class FusionConfig:
         FM4 and FM5 ``auto``, the paper's methods and the classical baselines ``rgb``).
       refine_edges: run the gradient-domain edge refinement of a method that has one (FM4;
         :attr:`semfuse_jax.methods.Method.edges`) after its optimisation; False is its ablation.
-      method_params: the method's own settings (:attr:`semfuse_jax.methods.Method.params`:
-        :class:`semfuse_jax.fm4.Params`, :class:`semfuse_jax.methods.BlendParams`); None: its
-        defaults (settings equal to the defaults are stored as None). :attr:`params` is what
-        runs, and what :meth:`to_dict` records.
     """
 
-    method: str = dataclasses.field(default="fm0", metadata={"flag": False})
+    method: str = "fm0"
     layers: tuple[str, ...] = ("conv1_1",)
     schedule: Schedule = dataclasses.field(default_factory=Schedule)
-    solver: str = dataclasses.field(default="adam", metadata={"choices": SOLVERS})
-    classifier: str = dataclasses.field(
-        default="auto", metadata={"choices": classifier.CLASSIFIERS}
-    )
+    solver: str = "adam"
+    classifier: str = "auto"
     top_k: int = 1
     target_class: int | None = None
-    cam: str = dataclasses.field(default="gradcam", metadata={"choices": cam.NAMES})
+    cam: str = "gradcam"
     cam_layers: tuple[str, ...] = ()
     fm2_weighted_target: bool = False
     init_noise: float = 0.0
     seed: int = 0
-    compute_dtype: str = dataclasses.field(default="float32", metadata={"choices": COMPUTE_DTYPES})
-    gradient: str = dataclasses.field(default="auto", metadata={"choices": GRADIENTS})
-    batching: str = dataclasses.field(default="auto", metadata={"choices": BATCHING})
-    colour: str | None = dataclasses.field(default=None, metadata={"choices": colour.COLOUR_MODES})
+    compute_dtype: str = "float32"
+    gradient: str = "auto"
+    batching: str = "auto"
+    colour: str | None = None
     refine_edges: bool = True
-    method_params: Any = dataclasses.field(default=None, metadata={"flag": False})
 
     def __post_init__(self) -> None:
-        spec = methods.get(self.method)  # a known name
-        if self.method_params is not None and (
-            spec.params is None or type(self.method_params) is not type(spec.params)
-        ):
-            wanted = "none" if spec.params is None else type(spec.params).__qualname__
-            raise SemfuseError(f"method {self.method} takes {wanted} as its settings")
-        if self.method_params == spec.params:  # the defaults: equal configs compare equal
-            object.__setattr__(self, "method_params", None)
+        methods.get(self.method)  # a known name
         if self.solver not in SOLVERS:
             raise SemfuseError(f"unknown solver {self.solver!r}; choose from {', '.join(SOLVERS)}")
         if self.solver == "fast":
@@ -136,7 +112,7 @@ class FusionConfig:
             raise SemfuseError("top_k must be between 1 and 1000")
         if not 0 <= self.init_noise <= 255:
             raise SemfuseError("init_noise must be between 0 and 255 grey levels")
-        if self.compute_dtype not in COMPUTE_DTYPES:
+        if self.compute_dtype not in ("float32", "bfloat16"):
             raise SemfuseError("compute_dtype must be float32 or bfloat16")
         if self.target_class is not None and not 0 <= self.target_class < 1000:
             raise SemfuseError("target_class must be an ImageNet class index 0..999")
@@ -150,26 +126,19 @@ class FusionConfig:
                 f"batching one of {', '.join(BATCHING)}"
             )
 
-    @property
-    def params(self) -> Any:
-        """The method's settings that run: ``method_params``, else the method's defaults."""
-        return self.spec.params if self.method_params is None else self.method_params
-
     def to_dict(self) -> dict:
-        """Every setting as plain JSON values (the schedule and the method's settings, resolved,
-        as nested dicts), with the :data:`CONFIG_VERSION` they follow under ``version``."""
-        values = dataclasses.asdict(dataclasses.replace(self, method_params=self.params))
-        return {"version": CONFIG_VERSION, **values}
+        """Every setting as plain JSON values (the schedule as a nested dict), with the
+        :data:`CONFIG_VERSION` they follow under ``version``."""
+        return {"version": CONFIG_VERSION, **dataclasses.asdict(self)}
 
     @classmethod
     def from_dict(cls, data: dict) -> FusionConfig:
         """The inverse of :meth:`to_dict`; unknown or malformed entries are refused.
 
-        A configuration of a version read (:data:`READS_VERSIONS`) may leave settings out
-        (they take their defaults; version 2's ``method_params``: what it ran with). One
-        without a version was written before versions existed, when some settings were not
-        recorded (``refine_edges``, ``colour``): a setting it lacks is not given today's
-        default, which may not be what ran; it is refused, naming what is missing.
+        A configuration of the current version may leave settings out (they take their
+        defaults). One without a version was written before versions existed, when some
+        settings were not recorded (``refine_edges``, ``colour``): a setting it lacks is not
+        given today's default, which may not be what ran; it is refused, naming what is missing.
         """
         fields = dict(data)
         version = fields.pop("version", None)
@@ -177,13 +146,12 @@ class FusionConfig:
         unknown = sorted(set(fields) - set(names))
         if unknown:
             raise SemfuseError(f"not a fusion configuration (unknown {', '.join(unknown)})")
-        if version is not None and version not in READS_VERSIONS:
+        if version is not None and version != CONFIG_VERSION:
             raise SemfuseError(
-                f"configuration version {version!r} is not one this semfuse_jax reads "
-                f"({', '.join(map(str, READS_VERSIONS))}); re-run it with the semfuse_jax that "
-                "wrote it"
+                f"configuration version {version!r} is not {CONFIG_VERSION}, the version this "
+                "semfuse_jax reads; re-run it with the semfuse_jax that wrote it"
             )
-        missing = [name for name in names if name not in fields and name != "method_params"]
+        missing = [name for name in names if name not in fields]
         if version is None and missing:
             raise SemfuseError(
                 "the configuration was written by an older semfuse_jax and does not record "
@@ -195,10 +163,6 @@ class FusionConfig:
             for key in ("layers", "cam_layers"):
                 if key in fields:
                     fields[key] = tuple(fields[key])
-            if fields.get("method_params") is not None:
-                fields["method_params"] = _params_from_dict(
-                    methods.get(fields.get("method", cls.method)), fields["method_params"]
-                )
             return cls(**fields, schedule=schedule)
         except (TypeError, ValueError) as exc:
             raise SemfuseError(f"not a fusion configuration ({exc})") from None
@@ -228,21 +192,6 @@ class FusionConfig:
         return self.layers if self.spec.optimised else ()
 
 
-def _params_from_dict(spec: methods.Method, values: dict) -> Any:
-    """``spec``'s settings from their :meth:`FusionConfig.to_dict` form (lists back to tuples);
-    a key that is not one of them is refused."""
-    if spec.params is None:
-        raise SemfuseError(f"method {spec.name} has no settings, but method_params gives some")
-    if not isinstance(values, dict):
-        raise SemfuseError("method_params must be a mapping of setting names to values")
-    known = {f.name for f in dataclasses.fields(spec.params)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise SemfuseError(f"{spec.name} has no setting {', '.join(unknown)}")
-    converted = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
-    return dataclasses.replace(spec.params, **converted)
-
-
 @dataclasses.dataclass
 class FusionResult:
     """Fused images and what a report or figure needs.
@@ -256,15 +205,14 @@ class FusionResult:
       probabilities: ``[B, N, H, W]`` CAM probability maps (FM2/FM3), else None.
       mixing: ``[B, N, H, W]`` mixing weights (FM3), else None.
       quality_history: ``[E + 1, B, K]`` FM4's quality scores per epoch of its optimisation
-        (``quality_names`` of :class:`semfuse_jax.fm4.Params`; of the images as stored when
-        :func:`fuse` was given ``bits``), else None.
+        (:data:`semfuse_jax.fm4.QUALITY_NAMES`; of the images as stored when :func:`fuse` was
+        given ``bits``), else None.
       best_epoch: ``[B]`` epoch of the optimisation each FM4 result comes from (0: the pyramid
         start), else None.
       final_loss: ``[B]`` the feature loss of the images returned (None for non-optimising
         methods).
       edge_quality: ``[2, B, K]`` FM4's quality scores before and after its edge refinement
-        (``edge_quality_names`` of :class:`semfuse_jax.fm4.Params`; as stored, as above),
-        else None.
+        (:data:`semfuse_jax.fm4.EDGE_QUALITY_NAMES`; as stored, as above), else None.
       edge_kept: ``[B]`` whether each FM4 result is the edge refinement's (else the epoch
         ``best_epoch``), else None.
     """
@@ -530,7 +478,7 @@ def fuse_planes(
             network, images, config.top_k, config.target_class, layers, spec.maps, config.cam
         )
     if spec.mix is not None:  # no optimisation: a mix or blend of the inputs
-        fused, mixing = per_set(partial(spec.mix, params=config.params), images, maps)
+        fused, mixing = per_set(spec.mix, images, maps)
         return FusionResult(
             fused=np.asarray(fused),
             average=average,
@@ -538,8 +486,7 @@ def fuse_planes(
             mixing=np.asarray(mixing),
         )
     weights.require(config.required_outputs)
-    params = config.params
-    init, choice = per_set(partial(spec.start, params=params), images)
+    init, choice = per_set(spec.start, images)
     targets = fusion_targets(
         weights,
         images,
@@ -551,13 +498,13 @@ def fuse_planes(
     if config.init_noise > 0:
         noise = set_noise(config.seed, np.asarray(images), init.shape[1:]) * config.init_noise
         init = init + noise / 255.0
-    bounds = None if spec.bounds is None else per_set(partial(spec.bounds, params=params), images)
+    bounds = None if spec.bounds is None else per_set(spec.bounds, images)
     init = jnp.clip(init, *(bounds or (0.0, 1.0)))
     if bounds is not None and chroma is not None:
         bounds = colour.keep_chroma(bounds, jnp.asarray(chroma), init)
     store = None if bits is None else partial(stored, bits=bits, chroma=chroma)
     sources = np.asarray(images) if spec.quality_stop else None
-    quality = fm4.quality(sources, params.quality_names, store) if spec.quality_stop else None
+    quality = fm4.quality(sources, fm4.QUALITY_NAMES, store) if spec.quality_stop else None
     boxes = None if bounds is None else tuple(np.asarray(b) for b in bounds)
     result = optimise(
         weights,
@@ -575,12 +522,11 @@ def fuse_planes(
     final_loss = result.loss_history[kept, np.arange(len(init))]
     fused, edge = result.images, None
     if spec.edges is not None and config.refine_edges:
-        field, strength = per_set(partial(spec.edges, params=params), images)
-        names = params.edge_quality_names
-        judge = fm4.quality(sources, names, store) if spec.quality_stop else None
+        field, strength = per_set(spec.edges, images)
+        judge = fm4.quality(sources, fm4.EDGE_QUALITY_NAMES, store) if spec.quality_stop else None
         edge = refine_edges(
-            fused, field, strength, params.edge_schedule, params.edge_fidelity, judge,
-            config.batching, boxes, params.edge_trade,
+            fused, field, strength, fm4.EDGE_SCHEDULE, fm4.EDGE_FIDELITY, judge, config.batching,
+            boxes, fm4.EDGE_TRADE,
         )  # fmt: skip
         refined = edge.best_epoch > 0 if edge.best_epoch is not None else np.ones(len(init), bool)
         fused = edge.images
