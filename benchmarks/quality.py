@@ -30,6 +30,7 @@ hours on a CPU; the fast solver reaches its loss to within 1 %).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -40,7 +41,7 @@ import numpy as np
 from absl import app, flags
 from tables import save
 
-from semfuse_jax import colour, files, fm4, fusion, pyramid, rules, tables
+from semfuse_jax import colour, files, fm4, fusion, methods, pyramid, rules, tables
 from semfuse_jax.pyramid import laplacian_pyramid
 from semfuse_jax.tables import find_sets, score, write_table
 
@@ -96,14 +97,25 @@ def method_rows(label: str, out: Path) -> list[dict]:
     return [row | {"method": label} for row in json.loads(table.read_text())["rows"]]
 
 
-def _pyramid(**settings: float | bool | None) -> Callable[[jax.Array], jax.Array]:
-    """FM4's start with changed settings (no range projection, no refinement)."""
-    return lambda images: fm4.activity_pyramid(images, **settings)[0]
+def _start(params: fm4.Params, in_range: bool = False) -> Callable[[jax.Array], jax.Array]:
+    """FM4's start with the settings ``params``, through the registry's own parts (projected
+    onto its box when ``in_range``: what FM4's optimisation starts from)."""
+    spec = methods.get("fm4")
+
+    def start(images: jax.Array) -> jax.Array:
+        init = fusion.per_set(spec.start, images[None], params=params)[0]
+        if not in_range:
+            return init[0]
+        low, high = fusion.per_set(spec.bounds, images[None], params=params)
+        return jnp.clip(init, low, high)[0]
+
+    return start
 
 
 def _whole_blend(radius: int, levels: int) -> Callable[[jax.Array], jax.Array]:
     """One weight map for every level: the finest band's activity winner over
-    ``(2·radius+1)²`` windows (5×5 smoothed), Burt–Adelson blend of the whole images."""
+    ``(2·radius+1)²`` windows (5×5 smoothed), Burt–Adelson blend of the whole images (not FM4:
+    an alternative to its start)."""
 
     def fuse(images: jax.Array) -> jax.Array:
         energy = jnp.sum(jnp.square(laplacian_pyramid(images, 1)[0]), axis=-1)
@@ -113,23 +125,27 @@ def _whole_blend(radius: int, levels: int) -> Callable[[jax.Array], jax.Array]:
     return fuse
 
 
-def _in_range(images: jax.Array) -> jax.Array:
-    """FM4's start projected onto the inputs' local range (what FM4 starts from)."""
-    return jnp.clip(fm4.activity_pyramid(images)[0], *fm4.local_range(images))
+def _fm4(**changes: float | bool | None) -> fm4.Params:
+    return dataclasses.replace(fm4.DEFAULT, **changes)
 
 
+# FM4's start with one setting changed at a time: each is an ``fm4.Params`` that a report carries
+# (``method_params``), so ``semfuse-fuse --config`` runs the whole method with it.
+START_VARIANTS: dict[str, tuple[fm4.Params, bool]] = {
+    "fm4_start": (fm4.DEFAULT, False),
+    "fm4_start_in_range": (fm4.DEFAULT, True),
+    "fm4_start_no_gate": (_fm4(gate_threshold=None), False),
+    "fm4_start_gate_every_level": (_fm4(gate_coarse=True), False),
+    "fm4_start_gate_0.75": (_fm4(gate_threshold=0.75), False),
+    "fm4_start_hard_base": (_fm4(base_power=None), False),
+    "fm4_start_mean_base": (_fm4(base_radius=None), False),
+    "fm4_start_hard_seams": (_fm4(smooth=0), False),
+    "fm4_start_no_window": (_fm4(radius=0), False),
+    "fm4_start_3_levels": (_fm4(levels=3), False),
+    "fm4_start_5_levels": (_fm4(levels=5), False),
+}
 ABLATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {  # one set [N, H, W, C] → [H, W, C]
-    "fm4_start": _pyramid(),
-    "fm4_start_in_range": _in_range,
-    "fm4_start_no_gate": _pyramid(gate_threshold=None),
-    "fm4_start_gate_every_level": _pyramid(gate_coarse=True),
-    "fm4_start_gate_0.75": _pyramid(gate_threshold=0.75),
-    "fm4_start_hard_base": _pyramid(base_power=None),
-    "fm4_start_mean_base": _pyramid(base_radius=None),
-    "fm4_start_hard_seams": _pyramid(smooth=0),
-    "fm4_start_no_window": _pyramid(radius=0),
-    "fm4_start_3_levels": _pyramid(levels=3),
-    "fm4_start_5_levels": _pyramid(levels=5),
+    **{label: _start(*variant) for label, variant in START_VARIANTS.items()},
     "whole_blend_15x15_4_levels": _whole_blend(7, 4),
     "whole_blend_11x11_6_levels": _whole_blend(5, 6),
 }
@@ -137,13 +153,15 @@ ABLATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {  # one set [N, H, W, 
 
 def ablation_rows() -> list[dict]:
     """FM4's start with one part changed at a time, and whole-image activity blends, scored
-    like the methods."""
+    like the methods; an FM4 variant's row holds its settings (``method_params``)."""
     rows = []
     for domain, name, paths in find_sets(Path(_DATA.value), None):
         images = jnp.asarray(fusion.stack_set([files.load_image(p) for p in paths]))
         for label, ablation in ABLATIONS.items():
             fused = np.asarray(ablation(images))
             rows.append({"domain": domain, "set": name, "method": label, "steps": 0})
+            if label in START_VARIANTS:
+                rows[-1]["method_params"] = dataclasses.asdict(START_VARIANTS[label][0])
             rows[-1] |= score(np.asarray(images), fused)
         jax.clear_caches()  # one compilation per variant and image size: free them per set
     return rows

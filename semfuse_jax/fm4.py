@@ -12,24 +12,27 @@
   of the kept chroma's gamut than the start (:func:`semfuse_jax.colour.keep_chroma`).
 - **Stopping**: Adam runs the schedule; per set the last epoch that improved source-referenced
   quality is kept (Q_E and Petrovic Q^{AB/F}, neither worse: :func:`quality` with
-  :data:`QUALITY_NAMES`), scored as the file will store it when the caller gives its bit depth
-  (:func:`semfuse_jax.fusion.fuse`'s ``bits``). Its result therefore often *is* the start
+  :attr:`Params.quality_names`), scored as the file will store it when the caller gives its bit
+  depth (:func:`semfuse_jax.fusion.fuse`'s ``bits``). Its result therefore often *is* the start
   image (``best_epoch`` 0): reports say which epoch was kept.
 - **Edges**: the kept image is refined in the gradient domain (:func:`edge_target`,
   :class:`semfuse_jax.optimise.EdgeObjective`): its Sobel gradients are pulled towards those of
   the input with the most gradient energy, as strongly as that input dominates there, while it
   stays near the image refined, in the same range. The refinement is kept only where it raises
-  the sum of Q_E, Petrovic Q^{AB/F} and MEF-SSIM (:data:`EDGE_QUALITY_NAMES`) and the scores
-  that fall lose at most 1/:data:`EDGE_TRADE` of what the others gain
+  the sum of Q_E, Petrovic Q^{AB/F} and MEF-SSIM (:attr:`Params.edge_quality_names`) and the
+  scores that fall lose at most 1/:attr:`Params.edge_trade` of what the others gain
   (:func:`semfuse_jax.optimise.improves`): its choice of gradients is made pixel by pixel, and
   MEF-SSIM's structure term is what sees structures of different inputs mixed inside a window.
   Reports say whether it was kept.
 
-``benchmarks/quality.py`` and ``benchmarks/RESULTS.md`` show why each part is there.
+Every setting of these parts is a field of :class:`Params`, which ``FusionConfig.method_params``
+carries into every report; ``benchmarks/quality.py`` and ``benchmarks/RESULTS.md`` show why each
+part is there and how its defaults were chosen.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from functools import partial
 
@@ -42,7 +45,71 @@ from semfuse_jax import metrics, pyramid, rules
 from semfuse_jax.optimise import Schedule
 from semfuse_jax.pyramid import expand, gaussian_pyramid, laplacian_pyramid
 
-GATE_THRESHOLD = 0.6  # share of the local energy above which one input dominates (see below)
+
+@dataclasses.dataclass(frozen=True)
+class Params:
+    """FM4's settings, each used by one part (defaults: the measured ones).
+
+    Attributes:
+      levels, radius, smooth, base_radius, base_power, gate_level, gate_radius,
+        gate_threshold, gate_coarse: the start image's pyramid (:func:`activity_pyramid`);
+        ``gate_threshold`` is the share of the local energy above which one input dominates.
+      range_radius, range_margin: the box every step is projected onto (:func:`local_range`;
+        the margin in grey levels of 255, 0 in FM4, wider only as an ablation).
+      quality_names: the metrics an epoch is kept by (:func:`quality`).
+      edge_radius: gradient energy compared over ``(2·edge_radius+1)²`` windows
+        (:func:`edge_target`).
+      edge_fidelity: the weight of staying at the refined image against the edge term.
+      edge_iters, edge_lr: the refinement's single epoch of Adam (:attr:`edge_schedule`).
+      edge_trade: the refinement may lose on some scores ``1/edge_trade`` of what it gains on
+        the others (:func:`semfuse_jax.optimise.improves`).
+      edge_quality_names: the metrics the refinement is accepted by.
+    """
+
+    levels: int = 4
+    radius: int = 1
+    smooth: int = 2
+    base_radius: int | None = 4
+    base_power: float | None = 2.0
+    gate_level: int = 2
+    gate_radius: int = 2
+    gate_threshold: float | None = 0.6
+    gate_coarse: bool = False
+    range_radius: int = 1
+    range_margin: float = 0.0
+    quality_names: tuple[str, ...] = ("qe", "qabf_petrovic")
+    edge_radius: int = 1
+    edge_fidelity: float = 0.05
+    edge_iters: int = 100
+    edge_lr: float = 0.5
+    edge_trade: float = 20.0
+    edge_quality_names: tuple[str, ...] = ("qe", "qabf_petrovic", "mef_ssim")
+
+    def __post_init__(self) -> None:
+        if self.levels < 0 or min(self.radius, self.smooth, self.range_radius) < 0:
+            raise ValueError("levels and radii must be at least 0")
+        if self.gate_threshold is not None and not 0 <= self.gate_threshold < 1:
+            raise ValueError("gate_threshold must be in [0, 1) or None")
+        if self.edge_iters < 1 or self.edge_lr <= 0 or self.edge_trade <= 0:
+            raise ValueError("edge_iters, edge_lr and edge_trade must be positive")
+        unknown = set(self.quality_names + self.edge_quality_names) - set(metrics.NAMES)
+        if unknown or not self.quality_names or not self.edge_quality_names:
+            raise ValueError(f"quality names must be some of {', '.join(metrics.NAMES)}")
+
+    @property
+    def pyramid(self) -> dict:
+        """The keyword arguments of :func:`activity_pyramid`."""
+        names = ("levels", "radius", "smooth", "base_radius", "base_power", "gate_level",
+                 "gate_radius", "gate_threshold", "gate_coarse")  # fmt: skip
+        return {name: getattr(self, name) for name in names}
+
+    @property
+    def edge_schedule(self) -> Schedule:
+        """One epoch, one decision."""
+        return Schedule(epochs=1, iters=self.edge_iters, lr=self.edge_lr, lr_decay=1.0)
+
+
+DEFAULT = Params()
 
 
 @partial(
@@ -54,15 +121,15 @@ GATE_THRESHOLD = 0.6  # share of the local energy above which one input dominate
 )  # fmt: skip
 def activity_pyramid(
     images: jax.Array,
-    levels: int = 4,
-    radius: int = 1,
-    smooth: int = 2,
-    base_radius: int | None = 4,
-    base_power: float | None = 2.0,
-    gate_level: int = 2,
-    gate_radius: int = 2,
-    gate_threshold: float | None = GATE_THRESHOLD,
-    gate_coarse: bool = False,
+    levels: int = DEFAULT.levels,
+    radius: int = DEFAULT.radius,
+    smooth: int = DEFAULT.smooth,
+    base_radius: int | None = DEFAULT.base_radius,
+    base_power: float | None = DEFAULT.base_power,
+    gate_level: int = DEFAULT.gate_level,
+    gate_radius: int = DEFAULT.gate_radius,
+    gate_threshold: float | None = DEFAULT.gate_threshold,
+    gate_coarse: bool = DEFAULT.gate_coarse,
 ) -> tuple[jax.Array, jax.Array]:
     """FM4's start image: a Laplacian pyramid whose levels follow local activity.
 
@@ -150,33 +217,29 @@ def _gate(
     return mixed
 
 
-def start(images: jax.Array) -> tuple[jax.Array, jax.Array]:
+def start(images: jax.Array, params: Params = DEFAULT) -> tuple[jax.Array, jax.Array]:
     """FM4's start image and feature choice for one set: ``[N, H, W, C]`` → (``[H, W, C]``,
     weights ``[N, H, W]``: the finest level's winner, a hard choice)."""
-    init, weights = activity_pyramid(images)
+    init, weights = activity_pyramid(images, **params.pyramid)
     winner = jnp.argmax(weights, axis=0)
     return init, jax.nn.one_hot(winner, images.shape[0], axis=0, dtype=images.dtype)
 
 
-EDGE_RADIUS = 1  # gradient energy compared over 3×3 windows (rules.strongest_gradient)
-EDGE_FIDELITY = 0.05  # weight of staying at the refined image against the edge term
-EDGE_SCHEDULE = Schedule(epochs=1, iters=100, lr=0.5, lr_decay=1.0)  # one epoch, one decision
-EDGE_TRADE = 20.0  # the refinement may lose on some scores 1/20 of what it gains on the others
-
-
-def edge_target(images: jax.Array) -> tuple[jax.Array, jax.Array]:
+def edge_target(images: jax.Array, params: Params = DEFAULT) -> tuple[jax.Array, jax.Array]:
     """FM4's edge target of one set ``[N, H, W, C]``: the Sobel field ``[2, H, W, C]`` of the
-    input with the most gradient energy over 3×3 windows, and the weight ``[H, W]`` of the edge
-    term, how clearly that input dominates there (:func:`semfuse_jax.rules.strongest_gradient`).
-    """
-    return rules.strongest_gradient(images, EDGE_RADIUS)
+    input with the most gradient energy over ``(2·edge_radius+1)²`` windows, and the weight
+    ``[H, W]`` of the edge term, how clearly that input dominates there
+    (:func:`semfuse_jax.rules.strongest_gradient`)."""
+    return rules.strongest_gradient(images, params.edge_radius)
 
 
-RANGE_MARGIN = 0.0  # grey levels (of 255) FM4 may go beyond the inputs' local range (ablation)
+def bounds(images: jax.Array, params: Params = DEFAULT) -> tuple[jax.Array, jax.Array]:
+    """FM4's box for one set ``[N, H, W, C]``: :func:`local_range` with its settings."""
+    return local_range(images, params.range_radius, params.range_margin)
 
 
 def local_range(
-    images: jax.Array, radius: int = 1, margin: float = RANGE_MARGIN
+    images: jax.Array, radius: int = DEFAULT.range_radius, margin: float = DEFAULT.range_margin
 ) -> tuple[jax.Array, jax.Array]:
     """Per pixel and channel, the min and max of all inputs of one set ``[N, H, W, C]`` over the
     ``(2·radius+1)²`` neighbourhood (cut at the border), widened by ``margin`` grey levels and
@@ -187,13 +250,9 @@ def local_range(
     return jnp.maximum(low - margin / 255.0, 0.0), jnp.minimum(high + margin / 255.0, 1.0)
 
 
-QUALITY_NAMES = ("qe", "qabf_petrovic")  # what FM4's optimisation keeps an epoch by
-EDGE_QUALITY_NAMES = ("qe", "qabf_petrovic", "mef_ssim")  # … and its edge refinement
-
-
 def quality(
     images: np.ndarray,
-    names: tuple[str, ...] = QUALITY_NAMES,
+    names: tuple[str, ...] = DEFAULT.quality_names,
     store: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> Callable[[np.ndarray], np.ndarray] | None:
     """FM4's stopping signal for a batch of sets ``[B, N, H, W, C]``: a function scoring

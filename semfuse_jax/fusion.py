@@ -40,7 +40,11 @@ from semfuse_jax.weights import Weights
 # The version of the settings a report records (``FusionConfig.to_dict``): raised whenever a
 # setting is added, removed or changes meaning, so an old report is never re-run silently
 # with settings it did not run with.
-CONFIG_VERSION = 2
+CONFIG_VERSION = 3
+# Version 2 did not record ``method_params``; every version-2 report ran with the settings that
+# are today's defaults (:data:`semfuse_jax.fm4.DEFAULT`, FM5's ``BlendParams()``), so it is
+# read with those.
+READS_VERSIONS = (2, 3)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,6 +82,9 @@ class FusionConfig:
         FM4 and FM5 ``auto``, the paper's methods and the classical baselines ``rgb``).
       refine_edges: run the gradient-domain edge refinement of a method that has one (FM4;
         :attr:`semfuse_jax.methods.Method.edges`) after its optimisation; False is its ablation.
+      method_params: the method's own settings (:attr:`semfuse_jax.methods.Method.params`:
+        :class:`semfuse_jax.fm4.Params`, :class:`semfuse_jax.methods.BlendParams`); None: its
+        defaults. :attr:`params` is what runs, and what :meth:`to_dict` records.
     """
 
     method: str = "fm0"
@@ -97,9 +104,17 @@ class FusionConfig:
     batching: str = "auto"
     colour: str | None = None
     refine_edges: bool = True
+    method_params: Any = None
 
     def __post_init__(self) -> None:
-        methods.get(self.method)  # a known name
+        spec = methods.get(self.method)  # a known name
+        if self.method_params is not None and (
+            spec.params is None or type(self.method_params) is not type(spec.params)
+        ):
+            wanted = "none" if spec.params is None else type(spec.params).__qualname__
+            raise SemfuseError(f"method {self.method} takes {wanted} as its settings")
+        if self.method_params is not None and self.method_params == spec.params:
+            object.__setattr__(self, "method_params", None)  # its defaults: one form of each
         if self.solver not in SOLVERS:
             raise SemfuseError(f"unknown solver {self.solver!r}; choose from {', '.join(SOLVERS)}")
         if self.solver == "fast":
@@ -126,19 +141,27 @@ class FusionConfig:
                 f"batching one of {', '.join(BATCHING)}"
             )
 
+    @property
+    def params(self) -> Any:
+        """The method's settings that run: ``method_params``, else the method's defaults."""
+        return self.spec.params if self.method_params is None else self.method_params
+
     def to_dict(self) -> dict:
-        """Every setting as plain JSON values (the schedule as a nested dict), with the
-        :data:`CONFIG_VERSION` they follow under ``version``."""
-        return {"version": CONFIG_VERSION, **dataclasses.asdict(self)}
+        """Every setting as plain JSON values (the schedule and the method's settings, resolved,
+        as nested dicts), with the :data:`CONFIG_VERSION` they follow under ``version``."""
+        values = dataclasses.asdict(self)
+        values["method_params"] = None if self.params is None else dataclasses.asdict(self.params)
+        return {"version": CONFIG_VERSION, **values}
 
     @classmethod
     def from_dict(cls, data: dict) -> FusionConfig:
         """The inverse of :meth:`to_dict`; unknown or malformed entries are refused.
 
-        A configuration of the current version may leave settings out (they take their
-        defaults). One without a version was written before versions existed, when some
-        settings were not recorded (``refine_edges``, ``colour``): a setting it lacks is not
-        given today's default, which may not be what ran; it is refused, naming what is missing.
+        A configuration of a version read (:data:`READS_VERSIONS`) may leave settings out
+        (they take their defaults; version 2's ``method_params``: what it ran with). One
+        without a version was written before versions existed, when some settings were not
+        recorded (``refine_edges``, ``colour``): a setting it lacks is not given today's
+        default, which may not be what ran; it is refused, naming what is missing.
         """
         fields = dict(data)
         version = fields.pop("version", None)
@@ -146,12 +169,13 @@ class FusionConfig:
         unknown = sorted(set(fields) - set(names))
         if unknown:
             raise SemfuseError(f"not a fusion configuration (unknown {', '.join(unknown)})")
-        if version is not None and version != CONFIG_VERSION:
+        if version is not None and version not in READS_VERSIONS:
             raise SemfuseError(
-                f"configuration version {version!r} is not {CONFIG_VERSION}, the version this "
-                "semfuse_jax reads; re-run it with the semfuse_jax that wrote it"
+                f"configuration version {version!r} is not one this semfuse_jax reads "
+                f"({', '.join(map(str, READS_VERSIONS))}); re-run it with the semfuse_jax that "
+                "wrote it"
             )
-        missing = [name for name in names if name not in fields]
+        missing = [name for name in names if name not in fields and name != "method_params"]
         if version is None and missing:
             raise SemfuseError(
                 "the configuration was written by an older semfuse_jax and does not record "
@@ -163,6 +187,10 @@ class FusionConfig:
             for key in ("layers", "cam_layers"):
                 if key in fields:
                     fields[key] = tuple(fields[key])
+            if fields.get("method_params") is not None:
+                fields["method_params"] = _params_from_dict(
+                    methods.get(fields.get("method", cls.method)), fields["method_params"]
+                )
             return cls(**fields, schedule=schedule)
         except (TypeError, ValueError) as exc:
             raise SemfuseError(f"not a fusion configuration ({exc})") from None
@@ -192,6 +220,21 @@ class FusionConfig:
         return self.layers if self.spec.optimised else ()
 
 
+def _params_from_dict(spec: methods.Method, values: dict) -> Any:
+    """``spec``'s settings from their :meth:`FusionConfig.to_dict` form (lists back to tuples);
+    a key that is not one of them is refused."""
+    if spec.params is None:
+        raise SemfuseError(f"method {spec.name} has no settings, but method_params gives some")
+    if not isinstance(values, dict):
+        raise SemfuseError("method_params must be a mapping of setting names to values")
+    known = {f.name for f in dataclasses.fields(spec.params)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise SemfuseError(f"{spec.name} has no setting {', '.join(unknown)}")
+    converted = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+    return dataclasses.replace(spec.params, **converted)
+
+
 @dataclasses.dataclass
 class FusionResult:
     """Fused images and what a report or figure needs.
@@ -205,14 +248,15 @@ class FusionResult:
       probabilities: ``[B, N, H, W]`` CAM probability maps (FM2/FM3), else None.
       mixing: ``[B, N, H, W]`` mixing weights (FM3), else None.
       quality_history: ``[E + 1, B, K]`` FM4's quality scores per epoch of its optimisation
-        (:data:`semfuse_jax.fm4.QUALITY_NAMES`; of the images as stored when :func:`fuse` was
-        given ``bits``), else None.
+        (``quality_names`` of :class:`semfuse_jax.fm4.Params`; of the images as stored when
+        :func:`fuse` was given ``bits``), else None.
       best_epoch: ``[B]`` epoch of the optimisation each FM4 result comes from (0: the pyramid
         start), else None.
       final_loss: ``[B]`` the feature loss of the images returned (None for non-optimising
         methods).
       edge_quality: ``[2, B, K]`` FM4's quality scores before and after its edge refinement
-        (:data:`semfuse_jax.fm4.EDGE_QUALITY_NAMES`; as stored, as above), else None.
+        (``edge_quality_names`` of :class:`semfuse_jax.fm4.Params`; as stored, as above),
+        else None.
       edge_kept: ``[B]`` whether each FM4 result is the edge refinement's (else the epoch
         ``best_epoch``), else None.
     """
@@ -339,10 +383,12 @@ def fusion_targets(
     return targets
 
 
-@partial(jax.jit, static_argnames=("part",))
-def per_set(part: Callable, *arrays: jax.Array) -> Any:
-    """``part`` (a method's function of one set) vmapped over the batch axis of ``arrays``."""
-    return jax.vmap(part)(*arrays)
+@partial(jax.jit, static_argnames=("part", "params"))
+def per_set(part: Callable, *arrays: jax.Array, params: Any = None) -> Any:
+    """``part`` (a method's function of one set) vmapped over the batch axis of ``arrays``, with
+    the method's settings ``params`` when given (a frozen, hashable dataclass: a static argument,
+    so equal settings reuse one compilation), else with ``part``'s own defaults."""
+    return jax.vmap(part if params is None else partial(part, params=params))(*arrays)
 
 
 def fuse(
@@ -478,7 +524,7 @@ def fuse_planes(
             network, images, config.top_k, config.target_class, layers, spec.maps, config.cam
         )
     if spec.mix is not None:  # no optimisation: a mix or blend of the inputs
-        fused, mixing = per_set(spec.mix, images, maps)
+        fused, mixing = per_set(spec.mix, images, maps, params=config.params)
         return FusionResult(
             fused=np.asarray(fused),
             average=average,
@@ -486,7 +532,8 @@ def fuse_planes(
             mixing=np.asarray(mixing),
         )
     weights.require(config.required_outputs)
-    init, choice = per_set(spec.start, images)
+    params = config.params
+    init, choice = per_set(spec.start, images, params=params)
     targets = fusion_targets(
         weights,
         images,
@@ -498,13 +545,13 @@ def fuse_planes(
     if config.init_noise > 0:
         noise = set_noise(config.seed, np.asarray(images), init.shape[1:]) * config.init_noise
         init = init + noise / 255.0
-    bounds = None if spec.bounds is None else per_set(spec.bounds, images)
+    bounds = None if spec.bounds is None else per_set(spec.bounds, images, params=params)
     init = jnp.clip(init, *(bounds or (0.0, 1.0)))
     if bounds is not None and chroma is not None:
         bounds = colour.keep_chroma(bounds, jnp.asarray(chroma), init)
     store = None if bits is None else partial(stored, bits=bits, chroma=chroma)
     sources = np.asarray(images) if spec.quality_stop else None
-    quality = fm4.quality(sources, fm4.QUALITY_NAMES, store) if spec.quality_stop else None
+    quality = fm4.quality(sources, params.quality_names, store) if spec.quality_stop else None
     boxes = None if bounds is None else tuple(np.asarray(b) for b in bounds)
     result = optimise(
         weights,
@@ -522,11 +569,12 @@ def fuse_planes(
     final_loss = result.loss_history[kept, np.arange(len(init))]
     fused, edge = result.images, None
     if spec.edges is not None and config.refine_edges:
-        field, strength = per_set(spec.edges, images)
-        judge = fm4.quality(sources, fm4.EDGE_QUALITY_NAMES, store) if spec.quality_stop else None
+        field, strength = per_set(spec.edges, images, params=params)
+        names = params.edge_quality_names
+        judge = fm4.quality(sources, names, store) if spec.quality_stop else None
         edge = refine_edges(
-            fused, field, strength, fm4.EDGE_SCHEDULE, fm4.EDGE_FIDELITY, judge, config.batching,
-            boxes, fm4.EDGE_TRADE,
+            fused, field, strength, params.edge_schedule, params.edge_fidelity, judge,
+            config.batching, boxes, params.edge_trade,
         )  # fmt: skip
         refined = edge.best_epoch > 0 if edge.best_epoch is not None else np.ones(len(init), bool)
         fused = edge.images

@@ -13,14 +13,19 @@ Every method is one of three kinds:
   domain (``edges``).
 
 Parts take one set (``[N, ...]``, inputs first); :func:`semfuse_jax.fusion.fuse` vmaps them over
-the batch. A new method is one :class:`Method` in :data:`REGISTRY`, with its parts here when they
-are a few lines and in a module of its own otherwise (like :mod:`semfuse_jax.fm4`).
+the batch. A method's settings are one frozen dataclass (``params``: its defaults; FM4's
+:class:`semfuse_jax.fm4.Params`, FM5's :class:`BlendParams`), carried by
+``FusionConfig.method_params`` into every report; ``start``, ``mix``, ``edges`` and ``bounds``
+receive them as ``params`` (None for a method without settings), and nothing else reads them.
+A new method is one :class:`Method` in :data:`REGISTRY`, with its parts here when they are a few
+lines and in a module of its own otherwise (like :mod:`semfuse_jax.fm4`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -28,15 +33,31 @@ import jax.numpy as jnp
 from semfuse_jax import baselines, cam, fm4, pyramid, rules
 from semfuse_jax.errors import SemfuseError
 
-FM5_LEVELS = 3  # pyramid detail levels of FM5's blend (benchmarks/semantic.py)
 
+@dataclasses.dataclass(frozen=True)
+class BlendParams:
+    """FM5's settings.
+
+    Attributes:
+      levels: pyramid detail levels of the blend (``benchmarks/semantic.py``).
+    """
+
+    levels: int = 3
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.levels <= 8:
+            raise ValueError("levels must be between 0 and 8")
+
+
+Params = Any  # a method's frozen settings dataclass, or None
 Combine = Callable[[jax.Array], jax.Array]
-Mix = Callable[[jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
+Mix = Callable[[jax.Array, jax.Array, Params], tuple[jax.Array, jax.Array]]
 Target = Callable[[jax.Array, jax.Array | None, bool], jax.Array]
-Start = Callable[[jax.Array], tuple[jax.Array, jax.Array | None]]
+Start = Callable[[jax.Array, Params], tuple[jax.Array, jax.Array | None]]
+Box = Callable[[jax.Array, Params], tuple[jax.Array, jax.Array]]
 
 
-def average_start(images: jax.Array) -> tuple[jax.Array, None]:
+def average_start(images: jax.Array, params: None = None) -> tuple[jax.Array, None]:
     """The paper's start: the mean of one set ``[N, H, W, C]``; no choice of its own."""
     return jnp.mean(images, axis=0), None
 
@@ -61,17 +82,19 @@ def activity_target(features: jax.Array, weights: jax.Array | None, weighted: bo
     return rules.blend(features, weights)
 
 
-def cam_mix(images: jax.Array, maps: jax.Array) -> tuple[jax.Array, jax.Array]:
+def cam_mix(images: jax.Array, maps: jax.Array, params: None = None) -> tuple[jax.Array, jax.Array]:
     """FM3: ``I* = Σ_i P_Mi · I_i`` with the paper's mixing weights of the CAM maps."""
     weights = cam.mixing_weights(maps)
     return rules.blend(images, weights), weights
 
 
-def semantic_blend(images: jax.Array, maps: jax.Array) -> tuple[jax.Array, jax.Array]:
+def semantic_blend(
+    images: jax.Array, maps: jax.Array, params: BlendParams = BlendParams()
+) -> tuple[jax.Array, jax.Array]:
     """FM5: each pixel goes to the input whose semantic map is highest (ties: the first), the
-    choice blended over :data:`FM5_LEVELS` pyramid levels so seams are soft."""
+    choice blended over ``params.levels`` pyramid levels so seams are soft."""
     choice = jax.nn.one_hot(jnp.argmax(maps, axis=0), images.shape[0], axis=0)
-    return jnp.clip(pyramid.blend(images, choice, FM5_LEVELS), 0.0, 1.0), choice
+    return jnp.clip(pyramid.blend(images, choice, params.levels), 0.0, 1.0), choice
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,16 +108,18 @@ class Method:
       combine: a combination's function on ``[B, N, H, W, C]``.
       maps: the Grad-CAM maps a method needs: ``product`` (the paper's P) or ``mean``
         (:func:`semfuse_jax.cam.semantic_map`); None: no classifier.
-      mix: a semantic mix's function on one set and its maps.
+      mix: a semantic mix's function on one set, its maps and ``params``.
       target: an optimisation's feature rule ``(features [N, h, w, c], weights [N, h, w] | None,
         weighted) → [h, w, c]``; its weights are the start's choice, else the CAM maps.
-      start: an optimisation's start image ``[N, H, W, C] → ([H, W, C], choice | None)``.
+      start: an optimisation's start image ``[N, H, W, C], params → ([H, W, C], choice | None)``.
       quality_stop: keep the epoch with the best Q_E / Petrovic Q^{AB/F} (:func:`fm4.quality`).
-      edges: an optimisation's edge target ``[N, H, W, C] → (field [2, H, W, C], weight
+      edges: an optimisation's edge target ``[N, H, W, C], params → (field [2, H, W, C], weight
         [H, W])``; the optimised image is then refined towards it in the gradient domain
         (:class:`semfuse_jax.optimise.EdgeObjective`); None: no such refinement.
-      bounds: an optimisation's per-pixel box ``[N, H, W, C] → (low, high)`` (each ``[H, W, C]``)
+      bounds: an optimisation's per-pixel box ``[N, H, W, C], params → (low, high)`` (each
+        ``[H, W, C]``)
         that the start and every Adam step are projected onto; None: ``[0, 1]``.
+      params: the method's default settings (a frozen dataclass), or None when it has none.
       colour: the default of ``FusionConfig.colour`` (:mod:`semfuse_jax.colour`): ``rgb`` (the
         paper's methods and the classical baselines fuse R, G, B), ``auto`` (luminance + chroma
         for sets mixing grey and colour inputs) or ``luminance``.
@@ -109,8 +134,9 @@ class Method:
     target: Target | None = None
     start: Start = average_start
     quality_stop: bool = False
-    edges: Callable[[jax.Array], tuple[jax.Array, jax.Array]] | None = None
-    bounds: Callable[[jax.Array], tuple[jax.Array, jax.Array]] | None = None
+    edges: Box | None = None
+    bounds: Box | None = None
+    params: Params = None
     colour: str = "rgb"
 
     @property
@@ -132,9 +158,10 @@ REGISTRY: dict[str, Method] = {
                "paper", maps="product", mix=cam_mix),
         Method("fm4", "activity pyramid start, activity-blended target, edge refinement, local "
                "range, quality stop", "semfuse_jax", target=activity_target, start=fm4.start,
-               quality_stop=True, edges=fm4.edge_target, bounds=fm4.local_range, colour="auto"),
+               quality_stop=True, edges=fm4.edge_target, bounds=fm4.bounds, params=fm4.DEFAULT,
+               colour="auto"),
         Method("fm5", "each pixel from the input with the highest Grad-CAM map, pyramid-blended",
-               "semfuse_jax", maps="mean", mix=semantic_blend, colour="auto"),
+               "semfuse_jax", maps="mean", mix=semantic_blend, params=BlendParams(), colour="auto"),
         Method("average", "pixel mean of the inputs", "baseline", combine=baselines.average),
         Method("max", "pixel maximum of the inputs", "baseline", combine=baselines.maximum),
         Method("dwt", "3-level db2 wavelet choose-max", "baseline", combine=baselines.dwt),

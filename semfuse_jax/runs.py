@@ -34,7 +34,7 @@ import optax
 from absl import logging
 
 import semfuse_jax
-from semfuse_jax import classifier, files, fm4, fusion, judge, weightfiles
+from semfuse_jax import classifier, files, fusion, judge, weightfiles
 from semfuse_jax.errors import DiskFullError, SemfuseError, write_error
 from semfuse_jax.figure import contact_sheet
 from semfuse_jax.models import Models, load_models
@@ -177,7 +177,7 @@ def fuse_and_save(
         if result.quality_history is not None:  # FM4: the quality signal and the kept epoch
             record["quality_history"] = {
                 metric: [float(x) for x in result.quality_history[:, b, k]]
-                for k, metric in enumerate(fm4.QUALITY_NAMES)
+                for k, metric in enumerate(config.params.quality_names)
             }
             record["best_epoch"] = int(result.best_epoch[b])
         if result.edge_kept is not None:  # FM4: its edge refinement, and whether it was kept
@@ -185,7 +185,7 @@ def fuse_and_save(
             if result.edge_quality is not None:
                 record["edge_refinement"]["quality"] = {
                     metric: [float(x) for x in result.edge_quality[:, b, k]]
-                    for k, metric in enumerate(fm4.EDGE_QUALITY_NAMES)
+                    for k, metric in enumerate(config.params.edge_quality_names)
                 }
         records.append(record)
         logging.info("wrote %s", out)

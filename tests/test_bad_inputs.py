@@ -77,6 +77,11 @@ def files(tmp_path_factory, real_weights_file) -> Path:
     old = {k: v for k, v in config.items() if k not in ("version", "refine_edges", "colour")}
     (d / "old_report.json").write_text(json.dumps({"method": "fm4", "config": old}))
     (d / "future_report.json").write_text(json.dumps({"config": {**config, "version": 99}}))
+    for name, change in (("typo", {"gate_thresh": 0.5}), ("range", {"gate_threshold": 2})):
+        params = {**config["method_params"], **change}
+        (d / f"{name}_report.json").write_text(
+            json.dumps({"config": {**config, "method_params": params}})
+        )
     return d
 
 
@@ -144,6 +149,8 @@ def _cases(d: Path, w: Path, data: Path) -> list[tuple[str, list[str], str]]:
         (fuse, [pair, out, f"--weights={d / 'weights' / 'huge.h5'}"], "larger than"),
         (fuse, [pair, out, f"--config={d / 'old_report.json'}"], "colour, refine_edges"),
         (fuse, [pair, out, f"--config={d / 'future_report.json'}"], "version 99"),
+        (fuse, [pair, out, f"--config={d / 'typo_report.json'}"], "no setting gate_thresh"),
+        (fuse, [pair, out, f"--config={d / 'range_report.json'}"], "gate_threshold must be"),
         (
             "semfuse_jax.cli.eval",
             [f"--table={data}", "--sets=multifocus_grey/clock", f"--output_dir={a}"],

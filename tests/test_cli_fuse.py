@@ -127,12 +127,12 @@ def check_fm4_writes_the_fusion_and_reports_its_quality(results: dict, d: Path) 
     assert qe[best] >= qe[0] and qabf[best] >= qabf[0] and qe[best] + qabf[best] > qe[0] + qabf[0]
     edge = record["edge_refinement"]  # FM4's last step, and whether it was kept
     assert [edge["quality"][k][0] for k in ("qe", "qabf_petrovic")] == [qe[best], qabf[best]]
-    assert record["steps"] == 20 * (len(qe) - 1) + fm4.EDGE_SCHEDULE.iters
+    assert record["steps"] == 20 * (len(qe) - 1) + fm4.DEFAULT.edge_iters
     if not edge["kept"]:
         assert record["final_loss"] == record["loss_history"][best]  # the image written
     else:
         before, after = np.array(list(edge["quality"].values())).T  # [K] each
-        assert improves(after[None], before[None], fm4.EDGE_TRADE)[0]
+        assert improves(after[None], before[None], fm4.DEFAULT.edge_trade)[0]
     assert len(record["weights_sha256"]) == 64 and "--method=fm4" in record["command"]
     assert results["fm4_plain"]["returncode"] == 0, results["fm4_plain"]["stderr"]
     plain = json.loads((d / "head_plain.json").read_text())

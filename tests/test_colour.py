@@ -140,7 +140,7 @@ def test_fm4_scores_its_candidates_as_the_files_will_hold_them(real_weights, mri
         as_float = metrics.luminance_255(result.fused[b : b + 1])
         as_file = metrics.luminance_255(files.quantise(result.fused[b : b + 1], 8))
         reported = result.edge_quality[int(result.edge_kept[b]), b]
-        scores = [getattr(metrics, name) for name in fm4.EDGE_QUALITY_NAMES]
+        scores = [getattr(metrics, name) for name in fm4.DEFAULT.edge_quality_names]
         file = np.array([float(score(sources, as_file)[0]) for score in scores])
         unrounded = np.array([float(score(sources, as_float)[0]) for score in scores])
         np.testing.assert_allclose(reported, file, atol=1e-6)  # float32 luminance planes

@@ -165,16 +165,16 @@ def test_fm4_keeps_its_edge_refinement_only_when_it_gains_far_more_than_it_loses
     )
     result = fusion.fuse(real_weights, kayak, fusion.FusionConfig(method="fm4", schedule=SHORT))
     np.testing.assert_array_equal(result.best_epoch, plain.best_epoch)  # the same optimisation
-    judge = fm4.quality(kayak, fm4.EDGE_QUALITY_NAMES)
+    judge = fm4.quality(kayak, fm4.DEFAULT.edge_quality_names)
     before, after = result.edge_quality[:, 0]
     np.testing.assert_allclose(before, judge(plain.fused)[0], rtol=1e-6)
     np.testing.assert_allclose(
         judge(result.fused)[0], after if result.edge_kept[0] else before, rtol=1e-6
     )
     assert result.edge_kept[0]  # on this crop the hot target's edges come back
-    assert improves(after[None], before[None], fm4.EDGE_TRADE)[0]
+    assert improves(after[None], before[None], fm4.DEFAULT.edge_trade)[0]
     assert after[1] > before[1] + 0.01  # Petrovic Q^{AB/F} rises
-    assert result.steps == plain.steps + fm4.EDGE_SCHEDULE.iters
+    assert result.steps == plain.steps + fm4.DEFAULT.edge_iters
     low, high = (np.asarray(b) for b in fm4.local_range(jnp.asarray(kayak[0])))
     assert np.all(result.fused[0] >= low) and np.all(result.fused[0] <= high)
     # the reported loss is the feature loss of the image returned, not of the epoch refined

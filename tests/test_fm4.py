@@ -93,11 +93,11 @@ def test_gate_leaves_balanced_energy_alone_and_takes_a_dominant_input_whole():
     per_band = [jnp.asarray(rng.dirichlet([1, 1], (s, s)).transpose(2, 0, 1), jnp.float32)
                 for s in (32, 16, 8, 4, 2)]  # fmt: skip
     balanced = [jnp.ones((2, s, s)) for s in (32, 16, 8, 4)]
-    kept = fm4._gate(per_band, balanced, 2, 1, fm4.GATE_THRESHOLD)
+    kept = fm4._gate(per_band, balanced, 2, 1, fm4.DEFAULT.gate_threshold)
     for got, want in zip(kept, per_band, strict=True):
         np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-6)
     dominant = [jnp.stack([jnp.zeros((s, s)), jnp.ones((s, s))]) for s in (32, 16, 8, 4)]
-    taken = fm4._gate(per_band, dominant, 2, 1, fm4.GATE_THRESHOLD)
+    taken = fm4._gate(per_band, dominant, 2, 1, fm4.DEFAULT.gate_threshold)
     for got in taken:  # input 1 holds all of band 2's energy: every level comes from it
         np.testing.assert_allclose(np.asarray(got)[1], 1.0, atol=1e-5)
 

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from semfuse_jax import files, fusion, methods, models, optimise
+from semfuse_jax import files, fm4, fusion, methods, models, optimise
 from semfuse_jax.errors import MissingLayersError, SemfuseError
 from semfuse_jax.optimise import Schedule
 from semfuse_jax.synthetic import multifocus_set
@@ -225,5 +225,9 @@ def test_config_round_trips_through_json():
     assert ran == dataclasses.replace(config, refine_edges=False)
     partial = {"version": fusion.CONFIG_VERSION, "method": "fm1"}  # versioned: defaults stand
     assert fusion.FusionConfig.from_dict(partial) == fusion.FusionConfig(method="fm1")
-    with pytest.raises(SemfuseError, match="version 3 is not"):
-        fusion.FusionConfig.from_dict({**stored, "version": 3})
+    with pytest.raises(SemfuseError, match="version 99 is not"):
+        fusion.FusionConfig.from_dict({**stored, "version": 99})
+    fm4_run = fusion.FusionConfig(method="fm4")
+    again = fusion.FusionConfig.from_dict(json.loads(fm4_run.to_json()))
+    assert again == fm4_run and again.params == fm4.DEFAULT  # the defaults, written out in full
+    assert fm4_run.to_dict()["method_params"]["edge_trade"] == fm4.DEFAULT.edge_trade

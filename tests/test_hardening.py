@@ -3,6 +3,7 @@ split to fit the memory limit."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -15,7 +16,7 @@ import numpy as np
 from conftest import run_tool, run_tool_cases
 from PIL import Image
 
-from semfuse_jax import files
+from semfuse_jax import files, fm4
 
 
 def test_header_size_follows_the_exif_orientation(tmp_path):
@@ -182,3 +183,33 @@ def test_a_report_reruns_to_the_same_bits(tmp_path):
     assert (tmp_path / "again.png").read_bytes() == (tmp_path / "first.png").read_bytes()
     assert default["returncode"] == 0
     assert (tmp_path / "default.png").read_bytes() != (tmp_path / "first.png").read_bytes()
+
+
+def test_fm4_settings_travel_in_the_report(tmp_path):
+    """A report holds FM4's settings: re-run unchanged it gives the same bits, with one setting
+    changed a different image, and as a version-2 report (no settings recorded) the same bits."""
+    rng = np.random.default_rng(8)
+    for name in ("a.png", "b.png"):
+        Image.fromarray(rng.integers(0, 256, (30, 36), dtype=np.uint8)).save(tmp_path / name)
+    inputs = f"--inputs={tmp_path / 'a.png'},{tmp_path / 'b.png'}"
+    run = [inputs, f"--output={tmp_path / 'first.png'}", f"--report={tmp_path / 'r.json'}"]
+    (first,) = run_tool_cases("fuse", [[*run, "--method=fm4", "--epochs=2", "--iters=5"]], tmp_path)
+    assert first["returncode"] == 0, first["stderr"]
+    report = json.loads((tmp_path / "r.json").read_text())
+    params = report["config"]["method_params"]
+    assert params == json.loads(json.dumps(dataclasses.asdict(fm4.DEFAULT)))
+    changed = {**report, "config": {**report["config"], "method_params": {**params, "levels": 2}}}
+    (tmp_path / "changed.json").write_text(json.dumps(changed))
+    old = {k: v for k, v in report["config"].items() if k != "method_params"}
+    (tmp_path / "v2.json").write_text(json.dumps({"config": {**old, "version": 2}}))
+    cases = [
+        [inputs, f"--output={tmp_path / f'{name}.png'}", f"--config={tmp_path / f'{name}.json'}"]
+        for name in ("r", "changed", "v2")
+    ]
+    results = run_tool_cases("fuse", cases, tmp_path)
+    assert all(r["returncode"] == 0 for r in results), [r["stderr"] for r in results]
+    data = {
+        name: (tmp_path / f"{name}.png").read_bytes() for name in ("first", "r", "changed", "v2")
+    }
+    assert data["r"] == data["first"] and data["v2"] == data["first"]
+    assert data["changed"] != data["first"]

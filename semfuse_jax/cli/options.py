@@ -128,7 +128,9 @@ def config_from_flags(method: str | None) -> fusion.FusionConfig:
     of that run (for ``method`` if one is given, else for the run's own method)."""
     if CONFIG.value:
         config = read_config(CONFIG.value)
-        return config if method is None else dataclasses.replace(config, method=method)
+        if method is None or method == config.method:
+            return config
+        return dataclasses.replace(config, method=method, method_params=None)  # its defaults
     given = [name for name in SCHEDULE_FLAGS if flags.FLAGS[name].present]
     if SOLVER.value == "fast" and given:
         raise SemfuseError(
