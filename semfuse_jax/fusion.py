@@ -45,66 +45,83 @@ CONFIG_VERSION = 3
 # are today's defaults (:data:`semfuse_jax.fm4.DEFAULT`, FM5's ``BlendParams()``), so it is
 # read with those.
 READS_VERSIONS = (2, 3)
+COMPUTE_DTYPES: tuple[str, ...] = ("float32", "bfloat16")
 
 
 @dataclasses.dataclass(frozen=True)
 class FusionConfig:
     """Settings of one fusion run.
 
+    Every field but ``method`` and ``method_params`` is also a flag of the tools, named as the
+    field (the schedule's as its own fields), with the field's default and, as its help, the
+    text below (:func:`semfuse_jax.cli.options.define_config_flags`); ``choices`` in a field's
+    metadata make it an enum flag.
+
+    Attributes are grouped by concern: the method and its settings; colour; the optimisation
+    (loss layers, schedule, solver); class activation maps; devices.
+
     Attributes:
       method: a name in :data:`semfuse_jax.methods.REGISTRY` (FM0–FM5 or a baseline).
+      method_params: the method's own settings (:attr:`semfuse_jax.methods.Method.params`:
+        :class:`semfuse_jax.fm4.Params`, :class:`semfuse_jax.methods.BlendParams`); None: its
+        defaults (settings equal to the defaults are stored as None). :attr:`params` is what
+        runs, and what :meth:`to_dict` records.
+      refine_edges: run the gradient-domain edge refinement of a method that has one (FM4;
+        :attr:`semfuse_jax.methods.Method.edges`) after its optimisation; False is its ablation.
+      colour: ``rgb`` (fuse R, G, B), ``luminance`` (fuse the luminance, keep the chroma of the
+        most colourful input per pixel) or ``auto`` (luminance for sets that mix grey and colour
+        inputs, else RGB); None: the method's default (:attr:`semfuse_jax.methods.Method.colour`;
+        FM4 and FM5 ``auto``, the paper's methods and the classical baselines ``rgb``).
       layers: VGG19 conv outputs in the loss (the paper: ``conv1_1``).
       schedule: the Adam schedule the optimising methods run (FM4 may stop earlier on quality).
       solver: ``adam`` (runs ``schedule``; the paper's by default) or ``fast``: Adam with the
         short, steeply decayed :data:`semfuse_jax.optimise.FAST` schedule that stops on
         convergence (``schedule`` then must be left at the default or be ``FAST``, and is
         stored as ``FAST``, so the config always names the schedule that ran).
-      classifier: the network whose Grad-CAMs FM2/FM3 use: ``vgg19`` (the paper's; needs full
+      gradient: ``auto`` (the exact quadratic form when the only loss layer is ``conv1_1`` and
+        the dtype float32, else autodiff through the network), ``quadratic`` or ``network``.
+      compute_dtype: the network's dtype inside the optimisation: ``float32`` or ``bfloat16``.
+      init_noise: std of Gaussian noise (grey levels) added to the initial image.
+      seed: PRNG seed for ``init_noise``.
+      classifier: the network whose CAMs FM2, FM3 and FM5 use: ``vgg19`` (the paper's; needs full
         VGG19 weights), ``efficientnet_lite0`` (installed with the package) or ``auto`` (VGG19
         when the weights hold its classifier, else EfficientNet-Lite0); see ``classifier``.
-      top_k: classes combined in each input's Grad-CAM (1 = the top class).
-      target_class: if set, the Grad-CAM class for every input (overrides ``top_k``).
       cam: the class activation mapping method of FM2/FM3/FM5 (:data:`semfuse_jax.cam.METHODS`;
         ``gradcam``, the paper's, by default).
       cam_layers: layers whose CAM maps are multiplied (FM2, FM3) or averaged (FM5); empty: the
         classifier's default (``cam_layers`` of :data:`semfuse_jax.classifier.REGISTRY`).
+      top_k: classes combined in each input's Grad-CAM (1 = the top class).
+      target_class: if set, the Grad-CAM class for every input (overrides ``top_k``).
       fm2_weighted_target: FM2 target values are the CAM-weighted features (else the originals).
-      init_noise: std of Gaussian noise (grey levels) added to the initial image.
-      compute_dtype: the network's dtype inside the optimisation: ``float32`` or ``bfloat16``.
-      gradient: ``auto`` (the exact quadratic form when the only loss layer is ``conv1_1`` and
-        the dtype float32, else autodiff through the network), ``quadratic`` or ``network``.
       batching: ``auto``, ``vmap`` or ``map``: how the sets of a batch share an epoch
         (``semfuse_jax.optimise.sets_per_chunk``).
-      seed: PRNG seed for ``init_noise``.
-      colour: ``rgb`` (fuse R, G, B), ``luminance`` (fuse the luminance, keep the chroma of the
-        most colourful input per pixel) or ``auto`` (luminance for sets that mix grey and colour
-        inputs, else RGB); None: the method's default (:attr:`semfuse_jax.methods.Method.colour`;
-        FM4 and FM5 ``auto``, the paper's methods and the classical baselines ``rgb``).
-      refine_edges: run the gradient-domain edge refinement of a method that has one (FM4;
-        :attr:`semfuse_jax.methods.Method.edges`) after its optimisation; False is its ablation.
-      method_params: the method's own settings (:attr:`semfuse_jax.methods.Method.params`:
-        :class:`semfuse_jax.fm4.Params`, :class:`semfuse_jax.methods.BlendParams`); None: its
-        defaults. :attr:`params` is what runs, and what :meth:`to_dict` records.
     """
 
-    method: str = "fm0"
+    # the method and its settings
+    method: str = dataclasses.field(default="fm0", metadata={"flag": False})
+    method_params: Any = dataclasses.field(default=None, metadata={"flag": False})
+    refine_edges: bool = True
+    # colour
+    colour: str | None = dataclasses.field(default=None, metadata={"choices": colour.COLOUR_MODES})
+    # the optimisation: loss, schedule, solver
     layers: tuple[str, ...] = ("conv1_1",)
     schedule: Schedule = dataclasses.field(default_factory=Schedule)
-    solver: str = "adam"
-    classifier: str = "auto"
-    top_k: int = 1
-    target_class: int | None = None
-    cam: str = "gradcam"
-    cam_layers: tuple[str, ...] = ()
-    fm2_weighted_target: bool = False
+    solver: str = dataclasses.field(default="adam", metadata={"choices": SOLVERS})
+    gradient: str = dataclasses.field(default="auto", metadata={"choices": GRADIENTS})
+    compute_dtype: str = dataclasses.field(default="float32", metadata={"choices": COMPUTE_DTYPES})
     init_noise: float = 0.0
     seed: int = 0
-    compute_dtype: str = "float32"
-    gradient: str = "auto"
-    batching: str = "auto"
-    colour: str | None = None
-    refine_edges: bool = True
-    method_params: Any = None
+    # class activation maps
+    classifier: str = dataclasses.field(
+        default="auto", metadata={"choices": classifier.CLASSIFIERS}
+    )
+    cam: str = dataclasses.field(default="gradcam", metadata={"choices": cam.NAMES})
+    cam_layers: tuple[str, ...] = ()
+    top_k: int = 1
+    target_class: int | None = None
+    fm2_weighted_target: bool = False
+    # devices
+    batching: str = dataclasses.field(default="auto", metadata={"choices": BATCHING})
 
     def __post_init__(self) -> None:
         spec = methods.get(self.method)  # a known name
@@ -127,7 +144,7 @@ class FusionConfig:
             raise SemfuseError("top_k must be between 1 and 1000")
         if not 0 <= self.init_noise <= 255:
             raise SemfuseError("init_noise must be between 0 and 255 grey levels")
-        if self.compute_dtype not in ("float32", "bfloat16"):
+        if self.compute_dtype not in COMPUTE_DTYPES:
             raise SemfuseError("compute_dtype must be float32 or bfloat16")
         if self.target_class is not None and not 0 <= self.target_class < 1000:
             raise SemfuseError("target_class must be an ImageNet class index 0..999")

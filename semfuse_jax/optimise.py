@@ -65,9 +65,9 @@ class Schedule:
     lr: float = 1.0
     lr_decay: float = 0.95
     tol: float = 0.0
-    b1: float = 0.9
-    b2: float = 0.999
-    eps: float = 1e-8
+    b1: float = dataclasses.field(default=0.9, metadata={"flag": False})
+    b2: float = dataclasses.field(default=0.999, metadata={"flag": False})
+    eps: float = dataclasses.field(default=1e-8, metadata={"flag": False})
     unroll: int = 1
 
     def __post_init__(self) -> None:

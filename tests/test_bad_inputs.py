@@ -147,7 +147,7 @@ def _cases(d: Path, w: Path, data: Path) -> list[tuple[str, list[str], str]]:
         ("semfuse_jax.cli.eval", [f"--table={d}", "--methods=", f"--output_dir={d}"], "--methods"),
         (fuse, [f"--pairs={d / 'latin1.csv'}", f"--output_dir={d / 'batch'}"], "unreadable"),
         (fuse, [pair, out, f"--weights={d / 'weights' / 'huge.h5'}"], "larger than"),
-        (fuse, [pair, out, f"--config={d / 'old_report.json'}"], "colour, refine_edges"),
+        (fuse, [pair, out, f"--config={d / 'old_report.json'}"], "refine_edges, colour"),
         (fuse, [pair, out, f"--config={d / 'future_report.json'}"], "version 99"),
         (fuse, [pair, out, f"--config={d / 'typo_report.json'}"], "no setting gate_thresh"),
         (fuse, [pair, out, f"--config={d / 'range_report.json'}"], "gate_threshold must be"),

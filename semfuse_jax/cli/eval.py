@@ -49,7 +49,7 @@ def cam_classifier() -> str | None:
             return None
         name = config.classifier
     elif flags.FLAGS["classifier"].present:
-        name = options.CLASSIFIER.value
+        name = flags.FLAGS["classifier"].value
     else:
         return None
     return classifier.resolve(

@@ -4,38 +4,19 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from pathlib import Path
+from typing import Any
 
 from absl import flags
 
-from semfuse_jax import cam, classifier, colour, fusion, optimise, runs
+from semfuse_jax import classifier, fusion, runs
 from semfuse_jax.errors import SemfuseError
 from semfuse_jax.optimise import Schedule
 
 BATCH = flags.DEFINE_integer("batch_size", 8, "Batch mode: sets fused together (same size).")
 WEIGHTS = flags.DEFINE_string(
     "weights", None, "VGG19 weights file (default: $SEMFUSE_WEIGHTS/cache)."
-)
-SOLVER = flags.DEFINE_enum(
-    "solver", "adam", optimise.SOLVERS, "adam: the schedule below; fast: short converging Adam."
-)
-EPOCHS = flags.DEFINE_integer("epochs", 100, "Adam epochs (learning rate changes per epoch).")
-ITERS = flags.DEFINE_integer("iters", 100, "Adam steps per epoch.")
-LR = flags.DEFINE_float("lr", 1.0, "Initial Adam learning rate, grey levels (of 255) per step.")
-LR_DECAY = flags.DEFINE_float("lr_decay", 0.95, "Learning-rate multiplier after each epoch.")
-TOL = flags.DEFINE_float("tol", 0.0, "Stop when an epoch improves the loss by < tol (0: never).")
-LAYERS = flags.DEFINE_list("layers", ["conv1_1"], "VGG19 conv outputs in the feature loss.")
-SEED = flags.DEFINE_integer("seed", 0, "PRNG seed (used by --init_noise).")
-INIT_NOISE = flags.DEFINE_float("init_noise", 0.0, "Std of noise added to the initial mean image.")
-TOP_K = flags.DEFINE_integer("top_k", 1, "Classes combined in each Grad-CAM (FM2/FM3).")
-CLASS = flags.DEFINE_integer("target_class", None, "ImageNet class for every Grad-CAM.")
-CLASSIFIER = flags.DEFINE_enum(
-    "classifier",
-    "auto",
-    classifier.CLASSIFIERS,
-    "ImageNet classifier of the CAMs (FM2/FM3/FM5) and, without --judge, of the class report; "
-    "auto: vgg19 when the --weights file holds its classifier, else efficientnet_lite0 "
-    "(installed with the package).",
 )
 JUDGE = flags.DEFINE_enum(
     "judge",
@@ -49,56 +30,100 @@ JUDGE = flags.DEFINE_enum(
 ALLOW_SAME_JUDGE = flags.DEFINE_bool(
     "allow_same_judge", False, "Let --judge be the classifier whose CAMs made the fusion."
 )
-CAM = flags.DEFINE_enum(
-    "cam",
-    "gradcam",
-    cam.NAMES,
-    "Class activation mapping of FM2/FM3/FM5: gradcam (the paper's), gradcam++, xgradcam, "
-    "layercam, hirescam, eigencam (no gradients) or scorecam (forward passes only).",
-)
-CAM_LAYERS = flags.DEFINE_list(
-    "cam_layers",
-    [],
-    "Grad-CAM layers whose maps are multiplied (default: conv3_4,conv4_4,conv5_4 for vgg19; "
-    "stage6,stage7,head for efficientnet_lite0).",
-)
-COMPUTE_DTYPE = flags.DEFINE_enum(
-    "compute_dtype", "float32", ["float32", "bfloat16"], "Network dtype in the Adam steps."
-)
-GRADIENT = flags.DEFINE_enum(
-    "gradient",
-    "auto",
-    optimise.GRADIENTS,
-    "auto: the exact quadratic form when the only loss layer is conv1_1 (float32), else autodiff "
-    "through the network; quadratic or network to force one (same result to rounding).",
-)
-BATCHING = flags.DEFINE_enum(
-    "batching",
-    "auto",
-    optimise.BATCHING,
-    "How the sets of a batch share an epoch: vmap, or map (one after another); auto: map on one "
-    "CPU device, vmap elsewhere.",
-)
 MAX_MEMORY = flags.DEFINE_float(
     "max_memory_gb", None, "Refuse sets estimated to need more (default: 80% of physical memory)."
 )
-COLOUR = flags.DEFINE_enum(
-    "colour",
-    None,
-    list(colour.COLOUR_MODES),
-    "Colour sets: rgb (fuse R, G, B), luminance (fuse the luminance, keep the chroma of the most "
-    "colourful input), auto (luminance when a set mixes grey and colour inputs); default: the "
-    "method's own (auto for fm4/fm5/ycbcr-style colour-true methods, else rgb).",
-)
-REFINE_EDGES = flags.DEFINE_bool(
-    "refine_edges",
-    True,
-    "FM4: refine its result in the gradient domain towards the strongest input's edges, kept "
-    "only when its quality gains far outweigh any loss (--norefine_edges: without it).",
-)
-FM2_TARGET = flags.DEFINE_enum(
-    "fm2_target", "original", ["original", "weighted"], "FM2 target values."
-)
+
+
+def attribute_docs(cls: type) -> dict[str, str]:
+    """The ``Attributes:`` section of a class docstring: ``{name: text}``, whitespace collapsed
+    (an entry ``a, b: text`` gives ``text`` to both)."""
+    lines = (cls.__doc__ or "").split("Attributes:", 1)[-1].splitlines()
+    docs: dict[str, str] = {}
+    names: list[str] = []
+    level = None  # the entries' indentation; deeper lines continue an entry
+    for line in lines:
+        entry = line.strip()
+        if not entry:
+            continue
+        indent = len(line) - len(line.lstrip())
+        level = indent if level is None else level
+        head, sep, rest = entry.partition(": ")
+        if sep and indent <= level and all(n.strip().isidentifier() for n in head.split(",")):
+            names = [n.strip() for n in head.split(",")]
+            for name in names:
+                docs[name] = rest
+        else:
+            for name in names:
+                docs[name] += " " + entry
+    return {name: _plain(text) for name, text in docs.items()}
+
+
+def _plain(text: str) -> str:
+    """Docstring markup as plain text: ``x`` → x, :func:`a.b` → a.b."""
+    return re.sub(r":\w+:`~?([^`]+)`", r"\1", text).replace("``", "")
+
+
+def _default(field: dataclasses.Field) -> Any:
+    if field.default is dataclasses.MISSING:
+        return field.default_factory()  # type: ignore[misc]
+    return field.default
+
+
+def define_config_flags(
+    cls: type = fusion.FusionConfig, flag_values: flags.FlagValues = flags.FLAGS
+) -> tuple[str, ...]:
+    """One flag per field of the configuration dataclass ``cls`` (a nested dataclass field,
+    like the schedule, gives one per field of its own), named as the field, with its default,
+    its docstring entry as help and ``choices`` from the field's metadata; a field with
+    ``flag: False`` metadata is left out. Returns the flag names."""
+    docs = attribute_docs(cls)
+    names: list[str] = []
+    for field in dataclasses.fields(cls):
+        if not field.metadata.get("flag", True):
+            continue
+        default = _default(field)
+        if dataclasses.is_dataclass(default):
+            names += define_config_flags(type(default), flag_values)
+            continue
+        text = docs.get(field.name, field.name)
+        choices = field.metadata.get("choices")
+        if choices is not None:
+            flags.DEFINE_enum(field.name, default, list(choices), text, flag_values=flag_values)
+        elif isinstance(default, bool):
+            flags.DEFINE_bool(field.name, default, text, flag_values=flag_values)
+        elif isinstance(default, tuple):
+            flags.DEFINE_list(field.name, list(default), text, flag_values=flag_values)
+        elif isinstance(default, float):
+            flags.DEFINE_float(field.name, default, text, flag_values=flag_values)
+        elif isinstance(default, int) or "int" in str(field.type):
+            flags.DEFINE_integer(field.name, default, text, flag_values=flag_values)
+        else:
+            flags.DEFINE_string(field.name, default, text, flag_values=flag_values)
+        names.append(field.name)
+    return tuple(names)
+
+
+def config_from_values(
+    cls: type = fusion.FusionConfig, flag_values: flags.FlagValues = flags.FLAGS, **given: Any
+) -> Any:
+    """An instance of ``cls`` from the flags :func:`define_config_flags` made (lists as
+    tuples, a nested dataclass from its own flags), with the fields ``given`` as they are."""
+    values: dict[str, Any] = {}
+    for field in dataclasses.fields(cls):
+        if field.name in given or not field.metadata.get("flag", True):
+            continue
+        default = _default(field)
+        if dataclasses.is_dataclass(default):
+            values[field.name] = config_from_values(type(default), flag_values)
+        else:
+            value = flag_values[field.name].value
+            values[field.name] = tuple(value) if isinstance(default, tuple) else value
+    return cls(**values, **given)
+
+
+CONFIG_FLAGS = define_config_flags()
+SCHEDULE_FLAGS = tuple(f.name for f in dataclasses.fields(Schedule) if f.metadata.get("flag", True))
 
 
 CONFIG = flags.DEFINE_string(
@@ -107,7 +132,6 @@ CONFIG = flags.DEFINE_string(
     "Re-run with the fusion settings of a past run: a report (its 'config') or a configuration "
     "JSON file; the method and every fusion flag then come from it.",
 )
-SCHEDULE_FLAGS = ("epochs", "iters", "lr", "lr_decay", "tol")
 
 
 def read_config(path: str) -> fusion.FusionConfig:
@@ -132,36 +156,11 @@ def config_from_flags(method: str | None) -> fusion.FusionConfig:
             return config
         return dataclasses.replace(config, method=method, method_params=None)  # its defaults
     given = [name for name in SCHEDULE_FLAGS if flags.FLAGS[name].present]
-    if SOLVER.value == "fast" and given:
+    if flags.FLAGS["solver"].value == "fast" and given:
         raise SemfuseError(
             f"--solver=fast sets its own schedule; drop --{', --'.join(given)} or use --solver=adam"
         )
-    schedule = Schedule(
-        epochs=EPOCHS.value,
-        iters=ITERS.value,
-        lr=LR.value,
-        lr_decay=LR_DECAY.value,
-        tol=TOL.value,
-    )
-    return fusion.FusionConfig(
-        method=method,
-        layers=tuple(LAYERS.value),
-        schedule=schedule,
-        solver=SOLVER.value,
-        top_k=TOP_K.value,
-        target_class=CLASS.value,
-        classifier=CLASSIFIER.value,
-        cam=CAM.value,
-        cam_layers=tuple(CAM_LAYERS.value),
-        fm2_weighted_target=FM2_TARGET.value == "weighted",
-        init_noise=INIT_NOISE.value,
-        seed=SEED.value,
-        compute_dtype=COMPUTE_DTYPE.value,
-        gradient=GRADIENT.value,
-        batching=BATCHING.value,
-        colour=COLOUR.value,
-        refine_edges=REFINE_EDGES.value,
-    )
+    return config_from_values(method=method)
 
 
 def memory_limit_bytes() -> int:
