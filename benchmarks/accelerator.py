@@ -101,7 +101,7 @@ def step_bytes(vgg: weights.Weights, images: np.ndarray) -> float:
 
     def steps(obj, image, state):
         return jax.vmap(
-            lambda o, i, s: optimise.run_steps(o, i, s, 1, schedule),
+            lambda o, i, s: optimise.run_steps(o, i, s, 1, schedule=schedule),
             in_axes=(obj.batch_axes(), 0, 0),
         )(obj, image, state)
 

@@ -33,15 +33,16 @@ part is there and how its defaults were chosen.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Sequence
 from functools import partial
 
+import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from semfuse_jax import metrics, pyramid, rules
+from semfuse_jax import colour, metrics, pyramid, rules
 from semfuse_jax.optimise import Schedule
 from semfuse_jax.pyramid import expand, gaussian_pyramid, laplacian_pyramid
 
@@ -250,26 +251,55 @@ def local_range(
     return jnp.maximum(low - margin / 255.0, 0.0), jnp.minimum(high + margin / 255.0, 1.0)
 
 
+@flax.struct.dataclass
+class Quality:
+    """FM4's stopping signal for a batch of sets, a jittable pytree scorer (an
+    :class:`semfuse_jax.optimise.Scorer`): called on candidates ``[B, H, W, C]`` it gives their
+    ``[B, K]`` scores by the K metrics ``names`` (:data:`semfuse_jax.metrics.KERNELS`, float32)
+    against the inputs; they use only the inputs, no reference image. Candidates are scored as
+    they will be stored: combined with ``chroma`` in a colour-true fusion, then rounded to each
+    file's levels ``top``. Build it with :func:`quality`.
+
+    Attributes:
+      sources: ``[B, N, H, W]`` the inputs' luminance on 0–255.
+      chroma: ``[B, H, W, 2]`` the chroma of a colour-true fusion, or None.
+      top: ``[B]`` each file's top level (255, or 65535 for 16-bit grey), or None to score the
+        candidates unrounded.
+      names: the metrics, in score order.
+    """
+
+    sources: jax.Array
+    chroma: jax.Array | None
+    top: jax.Array | None
+    names: tuple[str, ...] = flax.struct.field(pytree_node=False)
+
+    def __call__(self, candidates: jax.Array) -> jax.Array:
+        image = candidates if self.chroma is None else colour.combine(candidates, self.chroma)
+        if self.top is not None:
+            top = self.top[:, None, None, None]
+            image = jnp.round(jnp.clip(image, 0.0, 1.0) * top) / top
+        fused = metrics.grey_255(image)
+        return jnp.stack([metrics.KERNELS[n](self.sources, fused) for n in self.names], axis=-1)
+
+
 def quality(
     images: np.ndarray,
     names: tuple[str, ...] = DEFAULT.quality_names,
-    store: Callable[[np.ndarray], np.ndarray] | None = None,
-) -> Callable[[np.ndarray], np.ndarray] | None:
-    """FM4's stopping signal for a batch of sets ``[B, N, H, W, C]``: a function scoring
-    candidates ``[B, H, W, C] → [B, K]`` by the K metrics ``names`` (of
-    :data:`semfuse_jax.metrics.NAMES`) against the inputs (luminance, float64); they use only
-    the inputs, no reference image. ``store`` maps candidates to the images as they will be
-    stored (``[B, H, W, 1|3]``: rounded to the file's bit depth, with the chroma of a
-    colour-true fusion), so the scores are those of the files; None scores them as they are.
-    None for images smaller than the metrics' 11×11 minimum (FM4 then runs its whole
+    bits: Sequence[int] | None = None,
+    chroma: np.ndarray | None = None,
+) -> Quality | None:
+    """The :class:`Quality` of a batch of sets ``[B, N, H, W, C]`` by the metrics ``names``,
+    for results stored at bit depths ``bits`` ``[B]`` (:func:`semfuse_jax.files.save_image`;
+    None: scored unrounded) with the ``chroma`` ``[B, H, W, 2]`` of a colour-true fusion (or
+    None). None for images smaller than the metrics' 11×11 minimum (FM4 then runs its whole
     schedule)."""
     if min(images.shape[2:4]) < 11:
         return None
-    sources = metrics.luminance_255(images)
-    scorers = [getattr(metrics, name) for name in names]
-
-    def score(fused: np.ndarray) -> np.ndarray:
-        candidate = metrics.luminance_255(fused if store is None else store(fused))
-        return np.stack([scorer(sources, candidate) for scorer in scorers], axis=-1)
-
-    return score
+    grey = chroma is None and images.shape[-1] == 1
+    top = None if bits is None else [65535 if b == 16 and grey else 255 for b in bits]
+    return Quality(
+        sources=metrics.luminance_255(images).astype(np.float32),
+        chroma=None if chroma is None else np.asarray(chroma, np.float32),
+        top=None if top is None else np.asarray(top, np.float32),
+        names=tuple(names),
+    )

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from semfuse_jax import cam, classifier, colour, files, fm4, methods, models
+from semfuse_jax import cam, classifier, colour, fm4, methods, models
 from semfuse_jax.errors import SemfuseError
 from semfuse_jax.optimise import (
     BATCHING,
@@ -412,6 +412,7 @@ def fuse(
     weights: Weights | None,
     images: np.ndarray,
     config: FusionConfig,
+    *,
     progress: Callable[[int, int, np.ndarray, float], None] | None = None,
     network: classifier.Network | None = None,
     bits: Sequence[int] | None = None,
@@ -433,18 +434,23 @@ def fuse(
         raise SemfuseError(f"bits must give 8 or 16 for each of the {len(images)} sets")
     luminance = colour.use_luminance(config.colour_mode, images)
     if not luminance.any():
-        return fuse_planes(weights, images, config, progress, network, None, bits)
+        return fuse_planes(weights, images, config, progress=progress, network=network, bits=bits)
     if not luminance.all():
         parts = [
             (np.flatnonzero(~luminance), dataclasses.replace(config, colour="rgb")),
             (np.flatnonzero(luminance), dataclasses.replace(config, colour="luminance")),
         ]
-        results = [fuse(weights, images[i], c, progress, network, _take(bits, i)) for i, c in parts]
+        results = [
+            fuse(weights, images[i], c, progress=progress, network=network, bits=_take(bits, i))
+            for i, c in parts
+        ]
         return _merge([i for i, _ in parts], results)
     ycbcr = colour.to_ycbcr(jnp.asarray(images))
     chroma = colour.chroma_of_strongest(ycbcr[..., 1:])
     planes = np.asarray(ycbcr[..., :1])
-    result = fuse_planes(weights, planes, config, progress, network, chroma, bits)
+    result = fuse_planes(
+        weights, planes, config, progress=progress, network=network, chroma=chroma, bits=bits
+    )
     return dataclasses.replace(
         result,
         fused=np.asarray(colour.combine(jnp.asarray(result.fused), chroma)),
@@ -455,14 +461,6 @@ def fuse(
 def _take(bits: Sequence[int] | None, indices: np.ndarray) -> list[int] | None:
     """The bit depths of the sets ``indices`` (None stays None)."""
     return None if bits is None else [int(bits[i]) for i in indices]
-
-
-def stored(planes: np.ndarray, bits: Sequence[int], chroma: jax.Array | None = None) -> np.ndarray:
-    """Results ``[B, H, W, C]`` as their files will hold them, in ``[0, 1]``: combined with
-    ``chroma`` ``[B, H, W, 2]`` in a colour-true fusion (then RGB), and rounded to each set's
-    bit depth ``bits`` ``[B]`` (:func:`semfuse_jax.files.quantise`)."""
-    image = planes if chroma is None else np.asarray(colour.combine(jnp.asarray(planes), chroma))
-    return np.stack([files.quantise(x, int(b)) for x, b in zip(image, bits, strict=True)])
 
 
 def _merge(indices: Sequence[np.ndarray], results: Sequence[FusionResult]) -> FusionResult:
@@ -499,6 +497,7 @@ def fuse_planes(
     weights: Weights | None,
     images: np.ndarray,
     config: FusionConfig,
+    *,
     progress: Callable[[int, int, np.ndarray, float], None] | None = None,
     network: classifier.Network | None = None,
     chroma: jax.Array | None = None,
@@ -523,7 +522,7 @@ def fuse_planes(
         luminance further out of that chroma's gamut than its start
         (:func:`semfuse_jax.colour.keep_chroma`).
       bits: ``[B]`` bit depths the results will be stored at: FM4 scores its candidates as
-        stored (:func:`stored`, with ``chroma``); None: as they are.
+        stored (:func:`semfuse_jax.fm4.quality`, with ``chroma``); None: as they are.
     """
     spec = config.spec
     images = jnp.asarray(images, jnp.float32)
@@ -566,21 +565,22 @@ def fuse_planes(
     init = jnp.clip(init, *(bounds or (0.0, 1.0)))
     if bounds is not None and chroma is not None:
         bounds = colour.keep_chroma(bounds, jnp.asarray(chroma), init)
-    store = None if bits is None else partial(stored, bits=bits, chroma=chroma)
     sources = np.asarray(images) if spec.quality_stop else None
-    quality = fm4.quality(sources, params.quality_names, store) if spec.quality_stop else None
+    quality = (
+        fm4.quality(sources, params.quality_names, bits, chroma) if spec.quality_stop else None
+    )
     boxes = None if bounds is None else tuple(np.asarray(b) for b in bounds)
     result = optimise(
         weights,
         init,
         targets,
         config.schedule,
-        progress,
-        jnp.bfloat16 if config.compute_dtype == "bfloat16" else None,
-        quality,
-        config.gradient,
-        config.batching,
-        boxes,
+        progress=progress,
+        dtype=jnp.bfloat16 if config.compute_dtype == "bfloat16" else None,
+        quality=quality,
+        gradient=config.gradient,
+        batching=config.batching,
+        bounds=boxes,
     )
     kept = -1 if result.best_epoch is None else result.best_epoch
     final_loss = result.loss_history[kept, np.arange(len(init))]
@@ -588,10 +588,10 @@ def fuse_planes(
     if spec.edges is not None and config.refine_edges:
         field, strength = per_set(spec.edges, images, params=params)
         names = params.edge_quality_names
-        judge = fm4.quality(sources, names, store) if spec.quality_stop else None
+        judge = None if sources is None else fm4.quality(sources, names, bits, chroma)
         edge = refine_edges(
-            fused, field, strength, params.edge_schedule, params.edge_fidelity, judge,
-            config.batching, boxes, params.edge_trade,
+            fused, field, strength, params.edge_schedule, fidelity=params.edge_fidelity,
+            quality=judge, batching=config.batching, bounds=boxes, trade=params.edge_trade,
         )  # fmt: skip
         refined = edge.best_epoch > 0 if edge.best_epoch is not None else np.ones(len(init), bool)
         fused = edge.images

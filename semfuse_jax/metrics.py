@@ -67,8 +67,13 @@ _TINY = 64 * np.finfo(np.float64).eps
 
 
 def luminance_255(image: np.ndarray) -> np.ndarray:
-    """``[..., H, W, 1|3]`` in ``[0, 1]`` → grey ``[..., H, W]`` on 0–255 (luminance for RGB)."""
-    image = np.asarray(image, np.float64)
+    """``[..., H, W, 1|3]`` in ``[0, 1]`` → grey ``[..., H, W]`` on 0–255 (luminance for RGB),
+    float64."""
+    return grey_255(np.asarray(image, np.float64))
+
+
+def grey_255(image: jax.Array) -> jax.Array:
+    """:func:`luminance_255` in the image's own dtype and array type (jittable)."""
     grey = image[..., 0] if image.shape[-1] == 1 else image @ np.array([0.299, 0.587, 0.114])
     return grey * 255.0
 
@@ -266,23 +271,38 @@ def ag_jit(fused: jax.Array) -> jax.Array:
     return jnp.mean(jnp.sqrt((dx * dx + dy * dy) / 2.0), axis=(-2, -1))
 
 
-def _gaussian_window(size: int = 11, sigma: float = 1.5) -> np.ndarray:
+def _gaussian_taps(size: int = 11, sigma: float = 1.5) -> np.ndarray:
+    """The 1-D factor of the separable, unit-sum ``size × size`` Gaussian window."""
     x = np.arange(size) - (size - 1) / 2
     g = np.exp(-(x**2) / (2 * sigma**2))
-    return np.outer(g, g) / np.outer(g, g).sum()
+    return g / g.sum()
+
+
+def _gaussian_band(size: int) -> np.ndarray:
+    """``[size, size − 10]``: column ``j`` holds the 11 Gaussian taps at rows ``j … j + 10``, so
+    ``x @ band`` is the 'valid' Gaussian mean along the last axis of ``x``."""
+    taps = _gaussian_taps()
+    band = np.zeros((size, size - len(taps) + 1))
+    for j in range(band.shape[1]):
+        band[j : j + len(taps), j] = taps
+    return band
+
+
+def gaussian_filter(v: jax.Array) -> jax.Array:
+    """11×11 Gaussian (σ = 1.5) window means over the last two axes of ``[..., H, W]``, 'valid':
+    ``[..., H − 10, W − 10]``. The window is separable, so it runs as two matrix products with
+    banded matrices (full float32 precision on every backend; on a CPU about 15× faster in
+    float32 than a one-channel convolution, and quick to compile)."""
+    rows = jnp.asarray(_gaussian_band(v.shape[-2]), v.dtype)
+    cols = jnp.asarray(_gaussian_band(v.shape[-1]), v.dtype)
+    highest = lax.Precision.HIGHEST
+    across = jnp.matmul(v, cols, precision=highest)  # [..., H, W − 10]
+    return jnp.swapaxes(jnp.matmul(jnp.swapaxes(across, -1, -2), rows, precision=highest), -1, -2)
 
 
 def ssim_map(x: jax.Array, y: jax.Array) -> jax.Array:
     """SSIM per 11×11 Gaussian window ('valid'), Wang et al. 2004 constants, L = 255."""
-    window = jnp.asarray(_gaussian_window(), x.dtype)
-
-    def filt(v: jax.Array) -> jax.Array:
-        flat = v.reshape(-1, 1, *v.shape[-2:])
-        out = lax.conv_general_dilated(
-            flat, window[None, None], (1, 1), "VALID", precision=lax.Precision.HIGHEST
-        )
-        return out.reshape(*v.shape[:-2], *out.shape[-2:])
-
+    filt = gaussian_filter
     x, y = jnp.broadcast_arrays(x, y)
     c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
     mx, my = filt(x), filt(y)
@@ -295,24 +315,18 @@ def ssim_jit(sources: jax.Array, fused: jax.Array) -> jax.Array:
     return jnp.mean(jnp.mean(ssim_map(sources, fused[..., None, :, :]), axis=(-2, -1)), axis=-1)
 
 
+def _fused_only(kernel: Callable[[jax.Array], jax.Array]) -> Callable[..., jax.Array]:
+    def scored(sources: jax.Array, fused: jax.Array) -> jax.Array:
+        del sources
+        return kernel(fused)
+
+    return scored
+
+
 @jax.jit
 def all_metrics_jit(sources: jax.Array, fused: jax.Array) -> dict[str, jax.Array]:
     """Every metric of :data:`NAMES` at once (one compilation)."""
-    return {
-        "q0": q0_jit(sources, fused),
-        "qw": qw_jit(sources, fused),
-        "qe": qe_jit(sources, fused),
-        "qabf": qabf_jit(sources, fused),
-        "qabf_petrovic": qabf_petrovic_jit(sources, fused),
-        "en": en_jit(fused),
-        "sd": sd_jit(fused),
-        "sf": sf_jit(fused),
-        "ag": ag_jit(fused),
-        "mi": mi_jit(sources, fused),
-        "ssim": ssim_jit(sources, fused),
-        "mef_ssim": mef_ssim_jit(sources, fused),
-        "overshoot": overshoot_jit(sources, fused),
-    }
+    return {name: kernel(sources, fused) for name, kernel in KERNELS.items()}
 
 
 def _check(sources: np.ndarray, fused: np.ndarray) -> None:
@@ -368,25 +382,15 @@ MEF_POWER = 4.0  # the exponent p of the structure weights ||x_k − μ_k||^p
 OVERSHOOT_TOLERANCE = 5.0  # grey levels (of 255) beyond the inputs' local range
 
 
-def _gaussian_filter(v: jax.Array) -> jax.Array:
-    """11×11 Gaussian (σ = 1.5) window means over the last two axes, 'valid'."""
-    window = jnp.asarray(_gaussian_window(), v.dtype)
-    flat = v.reshape(-1, 1, *v.shape[-2:])
-    out = lax.conv_general_dilated(
-        flat, window[None, None], (1, 1), "VALID", precision=lax.Precision.HIGHEST
-    )
-    return out.reshape(*v.shape[:-2], *out.shape[-2:])
-
-
 def _mef_ssim_scale(sources: jax.Array, fused: jax.Array) -> jax.Array:
     """Single-scale MEF-SSIM: mean over windows of S(x̂, y) (see :func:`mef_ssim_jit`)."""
     c2 = (0.03 * 255) ** 2
-    mu = _gaussian_filter(sources)  # [..., N, h, w]
-    mu_y = _gaussian_filter(fused)
+    mu = gaussian_filter(sources)  # [..., N, h, w]
+    mu_y = gaussian_filter(fused)
     pair = sources[..., :, None, :, :] * sources[..., None, :, :, :]
-    cov = _gaussian_filter(pair) - mu[..., :, None, :, :] * mu[..., None, :, :, :]  # [.., N, N]
-    cov_y = _gaussian_filter(sources * fused[..., None, :, :]) - mu * mu_y[..., None, :, :]
-    var_y = jnp.maximum(_gaussian_filter(fused * fused) - mu_y * mu_y, 0.0)
+    cov = gaussian_filter(pair) - mu[..., :, None, :, :] * mu[..., None, :, :, :]  # [.., N, N]
+    cov_y = gaussian_filter(sources * fused[..., None, :, :]) - mu * mu_y[..., None, :, :]
+    var_y = jnp.maximum(gaussian_filter(fused * fused) - mu_y * mu_y, 0.0)
     contrast = jnp.sqrt(jnp.maximum(jnp.diagonal(cov, axis1=-4, axis2=-3), 0.0))  # [.., h, w, N]
     contrast = jnp.moveaxis(contrast, -1, -3)  # [..., N, h, w]
     desired = jnp.max(contrast, axis=-3)  # ĉ: the highest contrast of the inputs
@@ -443,6 +447,25 @@ def overshoot_jit(
     )
     outside = (fused < low - tolerance) | (fused > high + tolerance)
     return jnp.mean(outside.astype(fused.dtype), axis=(-2, -1))
+
+
+KERNELS: dict[str, Callable[[jax.Array, jax.Array], jax.Array]] = {
+    "q0": q0_jit,
+    "qw": qw_jit,
+    "qe": qe_jit,
+    "qabf": qabf_jit,
+    "qabf_petrovic": qabf_petrovic_jit,
+    "en": _fused_only(en_jit),
+    "sd": _fused_only(sd_jit),
+    "sf": _fused_only(sf_jit),
+    "ag": _fused_only(ag_jit),
+    "mi": mi_jit,
+    "ssim": ssim_jit,
+    "mef_ssim": mef_ssim_jit,
+    "overshoot": overshoot_jit,
+}
+"""Every metric of :data:`NAMES` as a jittable ``(sources [..., N, H, W], fused [..., H, W]) →
+[...]`` kernel on 0–255 (the fused-only metrics ignore ``sources``)."""
 
 
 def ycbcr_255(image: np.ndarray) -> np.ndarray:

@@ -154,7 +154,9 @@ def fuse_and_save(
     written file), else with a classifier ``network``, its classes."""
     start = time.perf_counter()
     stacked = np.stack(sets)
-    result = fusion.fuse(models.vgg, stacked, config, log_progress, models.network, bits)
+    result = fusion.fuse(
+        models.vgg, stacked, config, progress=log_progress, network=models.network, bits=bits
+    )
     seconds = time.perf_counter() - start
     semantic = None
     records = []

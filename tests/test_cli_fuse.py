@@ -141,13 +141,13 @@ def check_fm4_writes_the_fusion_and_reports_its_quality(results: dict, d: Path) 
     assert plain["final_loss"] == plain["loss_history"][best]
     written = [np.asarray(Image.open(d / f), np.int16) for f in ("head.png", "head_plain.png")]
     assert (np.abs(written[0] - written[1]).max() > 0) == edge["kept"]
-    # the scores FM4 decided by and reports are those of the file it wrote
+    # the scores FM4 decided by and reports are those of the file it wrote (float32, on the device)
     inputs = np.stack([files.load_image(p) for p in record["inputs"]])
     sources = metrics.luminance_255(inputs[None])
     result = metrics.luminance_255(files.load_image(d / "head.png")[None])
     for name, values in edge["quality"].items():
         score = float(getattr(metrics, name)(sources, result)[0])
-        assert values[int(edge["kept"])] == pytest.approx(score, abs=1e-9), name
+        assert values[int(edge["kept"])] == pytest.approx(score, abs=2e-5), name
 
 
 def test_single_set_runs_write_what_they_report(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from scorers import closeness
 
 from semfuse_jax import files, fm4, fusion, rules
 from semfuse_jax.optimise import EdgeObjective, Schedule, batch_loss, improves, refine_edges
@@ -90,7 +91,7 @@ def test_refine_edges_recovers_a_target_field_inside_the_bounds_and_keeps_by_qua
     strength = np.ones((2, 32, 32), np.float32)
     bounds = (np.full_like(init, 0.2), np.full_like(init, 0.8))
     schedule = Schedule(epochs=2, iters=100, lr=0.5, lr_decay=1.0)
-    result = refine_edges(init, edges, strength, schedule, 0.01, None, "auto", bounds)
+    result = refine_edges(init, edges, strength, schedule, fidelity=0.01, bounds=bounds)
     assert result.images.shape == init.shape and result.steps == 200
     assert np.all(np.diff(result.loss_history, axis=0) < 0)  # every epoch lowers the loss
     assert np.all(result.images >= 0.2) and np.all(result.images <= 0.8)
@@ -98,34 +99,26 @@ def test_refine_edges_recovers_a_target_field_inside_the_bounds_and_keeps_by_qua
     assert error[1] < 0.5 * error[0], error  # the disc's edges come back
     np.testing.assert_allclose(result.images[0], result.images[1], atol=1e-6)  # per set
     # a quality that prefers the start keeps it
-    calls = []
-
-    def prefer_start(images: np.ndarray) -> np.ndarray:
-        calls.append(1)
-        return -np.abs(images - init).mean(axis=(1, 2, 3))[:, None]
-
-    kept = refine_edges(init, edges, strength, schedule, 0.01, prefer_start, "auto", bounds)
+    kept = refine_edges(
+        init, edges, strength, schedule, fidelity=0.01, quality=closeness(init), bounds=bounds
+    )
     np.testing.assert_array_equal(kept.images, init)
     np.testing.assert_array_equal(kept.best_epoch, [0, 0])
-    assert len(calls) == 2  # the start and one epoch, then it stopped
+    assert kept.quality_history.shape == (2, 2, 1)  # the start and one epoch, then it stopped
 
     # a score that falls a little while another rises a lot: refused strictly, kept by a trade
-    def sharper_but_further(images: np.ndarray) -> np.ndarray:
-        error = np.abs(images[..., 0] - sharp).mean(axis=(1, 2))
-        moved = np.abs(images - init).mean(axis=(1, 2, 3))
-        return np.stack([-error, -0.01 * moved], axis=-1)
-
+    sharp_sets = np.broadcast_to(sharp[None, ..., None], init.shape)
+    sharper_but_further = closeness(sharp_sets, init, weights=(1.0, 0.01))
     one = Schedule(epochs=1, iters=100, lr=0.5, lr_decay=1.0)
-    refined = refine_edges(init, edges, strength, one, 0.01, None, "auto", bounds).images
-    scores = sharper_but_further(refined) - sharper_but_further(init)  # [2, 2]
+    refined = refine_edges(init, edges, strength, one, fidelity=0.01, bounds=bounds).images
+    scores = np.asarray(sharper_but_further(refined) - sharper_but_further(init))  # [2, 2]
     ratio = scores[0, 0] / -scores[0, 1]
     assert 1 < ratio < 1e3, scores  # a gain and a smaller loss
-    strict = refine_edges(init, edges, strength, one, 0.01, sharper_but_further, "auto", bounds)
-    np.testing.assert_array_equal(strict.best_epoch, [0, 0])
-    for trade, taken in ((ratio / 2, [1, 1]), (ratio * 2, [0, 0])):
+    for trade, taken in ((np.inf, [0, 0]), (ratio / 2, [1, 1]), (ratio * 2, [0, 0])):
         traded = refine_edges(
-            init, edges, strength, one, 0.01, sharper_but_further, "auto", bounds, trade
-        )
+            init, edges, strength, one, fidelity=0.01, quality=sharper_but_further,
+            bounds=bounds, trade=trade,
+        )  # fmt: skip
         np.testing.assert_array_equal(traded.best_epoch, taken)
 
 
