@@ -7,14 +7,16 @@ host share and a roofline, on whatever backend JAX finds (GPU, TPU or CPU).
 Cases (``--cases``): ``fm0`` (the paper's schedule, 100 × 100 Adam steps), ``fm0_fast``
 (``--solver=fast``), ``fm4`` and ``fm5`` (CAMs by EfficientNet-Lite0), each at ``--sizes`` and
 grey and colour (``--colours``), on real pairs (the clock and lytro-01, tiled to size). For each
-case the batch doubles through ``--batches`` until the device runs out of memory or one batch
-takes longer than ``--max_seconds``. Columns:
+case the batch doubles through ``--batches`` until the device runs out of memory, one batch
+takes longer than ``--max_seconds``, or the next is predicted not to fit the case's share of
+``--budget_seconds`` (9 minutes by default, so a CPU run ends within 10). Columns:
 
 - ``sets/s``: sets over the wall time of the second, compiled call of ``fusion.fuse``.
 - ``compile s (1st / 2nd)``: the optimisation's compile seconds in the first and second call
   (0 for FM5, which does not optimise).
 - ``host share``: the part of the second call's wall time spent outside the optimisation's
-  device loop (placing inputs, targets, quality scoring on the host, copies back).
+  device loops (placing inputs, starts, targets and CAMs, copies back; FM4's quality stop
+  runs inside its loop).
 - ``peak MiB/set``: the device's ``peak_bytes_in_use`` after the call over the batch size
   (``–`` where the backend does not report it, as on the CPU; the peak only rises during a run).
 - FM0 rows also give the roofline: the bytes one Adam step reads and writes (XLA's cost
@@ -51,6 +53,12 @@ _BATCHES = flags.DEFINE_list(
 )
 _MAX_SECONDS = flags.DEFINE_float(
     "max_seconds", 60.0, "Stop a case's batch sweep after a call that takes longer."
+)
+_BUDGET = flags.DEFINE_float(
+    "budget_seconds",
+    540.0,
+    "Wall time for the whole run: each case gets an equal share of what is left, and a larger "
+    "batch runs only when it is predicted to fit its share (batch 1 always runs; 0: no limit).",
 )
 _BANDWIDTH = flags.DEFINE_float(
     "bandwidth_gbs", None, "The device's memory bandwidth, GB/s (default: a known datasheet)."
@@ -117,12 +125,18 @@ def bandwidth_gbs() -> float | None:
     return next((v for k, v in BANDWIDTH_GBS.items() if k in kind), None)
 
 
-def run_case(case: str, size: int, colour: bool, vgg, lite0) -> list[dict]:
+def run_case(case: str, size: int, colour: bool, vgg, lite0, until: float) -> list[dict]:
+    """One case's batch sweep; a batch after the first runs only if its two calls are predicted
+    (from the last batch's, in proportion to the batch) to end before ``until``."""
     config = config_of(case)
     base = pair(size, colour)
     rows = []
+    last = None  # (batch, seconds of its two calls)
     for batch in map(int, _BATCHES.value):
+        if last is not None and time.perf_counter() + last[1] * batch / last[0] > until:
+            break
         images = np.repeat(base[None], batch, axis=0)
+        began = time.perf_counter()
         try:
             first = fusion.fuse(vgg, images, config, network=lite0)
             start = time.perf_counter()
@@ -154,6 +168,7 @@ def run_case(case: str, size: int, colour: bool, vgg, lite0) -> list[dict]:
             }
         rows.append(row)
         print(row, flush=True)
+        last = (batch, time.perf_counter() - began)
         if wall > _MAX_SECONDS.value:
             break
     return rows
@@ -174,13 +189,17 @@ def main(argv: Sequence[str]) -> None:
     vgg = weights.load_weights(outputs=("conv1_1",))
     needs_cam = any(config_of(c).uses_cam for c in _CASES.value)
     lite0 = classifier.load("efficientnet_lite0") if needs_cam else None
-    rows = [
-        row
+    combos = [
+        (case, size, colour)
         for case in _CASES.value
         for size in map(int, _SIZES.value)
         for colour in (c == "colour" for c in _COLOURS.value)
-        for row in run_case(case, size, colour, vgg, lite0)
     ]
+    deadline = time.perf_counter() + (_BUDGET.value or float("inf"))
+    rows = []
+    for k, (case, size, colour) in enumerate(combos):
+        share = (deadline - time.perf_counter()) / (len(combos) - k)
+        rows += run_case(case, size, colour, vgg, lite0, until=time.perf_counter() + share)
     lines = [
         f"Machine: {machine['device_kind']} ({machine['backend']}, {machine['devices']} "
         f"device(s)), jax {machine['jax']}; FM0 = the paper's 100 × 100 steps, fm0_fast = "

@@ -15,6 +15,7 @@ Every file a run writes is checked first against the overwrite policy of
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import csv
 import fcntl
@@ -459,19 +460,30 @@ def fuse_manifest(
         )
         started = time.perf_counter()
         total = sum(len(b) for b in mine)
-        for number, batch in enumerate(mine, start=1):
-            members = [valid[i] for i in batch]
-            if batch not in todo:
-                records += [{**previous[m[0]], "resumed": True} for m in members]
-                continue
-            logging.info("batch %d/%d: %s", number, len(mine), ", ".join(m[0] for m in members))
-            done = _fuse_members(models, config, members, failure)
-            append_status(status, done)
-            records += done
-            so_far = sum(len(b) for b in mine[:number])
-            elapsed = time.perf_counter() - started
-            eta = elapsed / so_far * (total - so_far)
-            logging.info("%d/%d sets done, %.0fs elapsed, ETA %.0fs", so_far, total, elapsed, eta)
+        # While a batch is fused, the next one is read and decoded in a background thread.
+        reader = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+        ahead = iter([[valid[i] for i in b] for b in todo])
+        upcoming = reader.submit(_read_members, next(ahead, []))
+        try:
+            for number, batch in enumerate(mine, start=1):
+                members = [valid[i] for i in batch]
+                if batch not in todo:
+                    records += [{**previous[m[0]], "resumed": True} for m in members]
+                    continue
+                logging.info("batch %d/%d: %s", number, len(mine), ", ".join(m[0] for m in members))
+                read = upcoming.result()
+                upcoming = reader.submit(_read_members, next(ahead, []))
+                done = _fuse_members(models, config, read, failure)
+                append_status(status, done)
+                records += done
+                so_far = sum(len(b) for b in mine[:number])
+                elapsed = time.perf_counter() - started
+                eta = elapsed / so_far * (total - so_far)
+                logging.info(
+                    "%d/%d sets done, %.0fs elapsed, ETA %.0fs", so_far, total, elapsed, eta
+                )
+        finally:
+            reader.shutdown(cancel_futures=True)
         failed = sum(r["status"] == "failed" for r in records)
         resumed = sum(bool(r.get("resumed")) for r in records)
         logging.info(
@@ -483,21 +495,31 @@ def fuse_manifest(
         return records
 
 
-def _fuse_members(
-    models: Models,
-    config: fusion.FusionConfig,
-    members: list[tuple[str, list[Path], Path, tuple[int, int, int]]],
-    failure: Any,
-) -> list[Record]:
-    """Load and fuse one planned batch; a set that cannot be read or written is a failure."""
-    loaded, done = [], []
+Member = tuple[str, list[Path], Path, tuple[int, int, int]]
+Loaded = tuple[list[tuple[str, np.ndarray, Path, int]], list[tuple[str, SemfuseError]]]
+
+
+def _read_members(members: list[Member]) -> Loaded:
+    """Read one planned batch's sets: ``(name, images [N, H, W, C], output, bits)`` for each
+    readable set, and ``(name, error)`` for each that cannot be read."""
+    loaded, unreadable = [], []
     for set_name, inputs, output, _ in members:
         try:
             images = fusion.stack_set([files.load_image(p) for p in inputs])
             bits = max(files.bit_depth(p) for p in inputs)
             loaded.append((set_name, images, output, bits))
         except SemfuseError as exc:
-            done.append(failure(set_name, exc))
+            unreadable.append((set_name, exc))
+    return loaded, unreadable
+
+
+def _fuse_members(
+    models: Models, config: fusion.FusionConfig, read: Loaded, failure: Any
+) -> list[Record]:
+    """Fuse one batch read by :func:`_read_members`; a set that cannot be read or written is a
+    failure."""
+    loaded, unreadable = read
+    done = [failure(set_name, exc) for set_name, exc in unreadable]
     for group in fusion.group_batches([images.shape for _, images, _, _ in loaded], len(loaded)):
         names, sets, outputs, bits = map(list, zip(*(loaded[i] for i in group), strict=True))
         try:
