@@ -50,7 +50,6 @@ from semfuse_jax import (
     judge,
     methods,
     metrics,
-    tables,
     vgg19,
 )
 from semfuse_jax import weights as vgg_weights
@@ -239,7 +238,7 @@ def part_layers() -> None:
         for folder, images in sets:
             fused = fusion.fuse(w, images[None], config).fused[0]
             quantised = np.round(fused * 255) / 255
-            values = tables.score(images, quantised)
+            values = metrics.score_set(images, quantised)
             added = grid_db(metrics_grey(quantised)) - max(grid_db(metrics_grey(i)) for i in images)
             scores.append({"set": folder, **values, "grid_db": added})
             if folder.startswith("multifocus_grey"):

@@ -24,12 +24,17 @@ takes longer than ``--max_seconds``, or the next is predicted not to fit the cas
   measured step time, and its share of the device's memory bandwidth (``--bandwidth_gbs``, else
   the datasheet figure of a known device; ``–`` when unknown).
 
+Then every method on 1, 2, 4 and 8 devices (``--device_counts``; ``benchmarks/devices.py``):
+sets/s against device count, and whether the files equal one device's bit for bit.
+
 Writes accelerator.json / .md (with the machine it ran on) into ``--out``.
 """
 
 from __future__ import annotations
 
 import platform
+import subprocess
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -59,6 +64,12 @@ _BUDGET = flags.DEFINE_float(
     540.0,
     "Wall time for the whole run: each case gets an equal share of what is left, and a larger "
     "batch runs only when it is predicted to fit its share (batch 1 always runs; 0: no limit).",
+)
+_DEVICE_COUNTS = flags.DEFINE_list(
+    "device_counts",
+    None,
+    "Device counts for benchmarks/devices.py's sweep (every method: sets/s and bit-identity "
+    "against one device); default 1,2,4,8 host devices on a CPU, else 1 and all devices.",
 )
 _BANDWIDTH = flags.DEFINE_float(
     "bandwidth_gbs", None, "The device's memory bandwidth, GB/s (default: a known datasheet)."
@@ -174,6 +185,22 @@ def run_case(case: str, size: int, colour: bool, vgg, lite0, until: float) -> li
     return rows
 
 
+def device_sweep() -> list[str]:
+    """``benchmarks/devices.py`` over ``--device_counts`` (a subprocess per count; its table
+    is written beside this one as devices.json / .md): its Markdown lines, or none with a
+    single device."""
+    counts = _DEVICE_COUNTS.value
+    if counts is None:
+        n = jax.device_count()
+        counts = ["1", "2", "4", "8"] if jax.default_backend() == "cpu" else sorted({"1", str(n)})
+    if len(counts) < 2:
+        return []
+    script = Path(__file__).with_name("devices.py")
+    args = [sys.executable, str(script), f"--counts={','.join(counts)}", f"--data={_DATA.value}"]
+    subprocess.run([*args, f"--out={_OUT.value}"], check=True)
+    return (Path(_OUT.value) / "devices.md").read_text().splitlines()
+
+
 def fmt(value, spec: str) -> str:
     return "–" if value is None else format(value, spec)
 
@@ -196,6 +223,7 @@ def main(argv: Sequence[str]) -> None:
         for colour in (c == "colour" for c in _COLOURS.value)
     ]
     deadline = time.perf_counter() + (_BUDGET.value or float("inf"))
+    device_lines = device_sweep()
     rows = []
     for k, (case, size, colour) in enumerate(combos):
         share = (deadline - time.perf_counter()) / (len(combos) - k)
@@ -223,6 +251,7 @@ def main(argv: Sequence[str]) -> None:
             f"{fmt(r.get('bytes_per_step') and r['bytes_per_step'] / 1e6, '.1f')} | "
             f"{fmt(r.get('achieved_gbs'), '.1f')} | {fmt(r.get('bandwidth_share'), '.1%')} |"
         )
+    lines += ["", *device_lines]
     save(_OUT.value, "accelerator", {"machine": machine, "rows": rows}, lines)
 
 

@@ -106,7 +106,7 @@ def recommend(rows: list[dict]) -> tuple[list[dict], list[str]]:
             scored = {m: v[key] for m, v in means.items() if key in v}
             if not scored or (key == "mef_ssim" and domain != "multi_exposure"):
                 continue
-            pick = min if key in metrics.LOWER_IS_BETTER else max
+            pick = min if metrics.REGISTRY[key].lower_is_better else max
             winner = pick(scored, key=scored.get)
             best[key] = {"method": winner, "value": scored[winner]}
         result.append({"domain": domain, "best": best})

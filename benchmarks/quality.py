@@ -42,8 +42,9 @@ from absl import app, flags
 from tables import save
 
 from semfuse_jax import colour, files, fm4, fusion, methods, pyramid, rules, tables
+from semfuse_jax.metrics import score_set
 from semfuse_jax.pyramid import laplacian_pyramid
-from semfuse_jax.tables import find_sets, score, write_table
+from semfuse_jax.tables import find_sets, write_table
 
 _DATA = flags.DEFINE_string("data", "../shared/data", "Root of DOMAIN/SET folders.")
 _OUT = flags.DEFINE_string("out", "benchmarks/out/quality", "Output folder.")
@@ -162,7 +163,7 @@ def ablation_rows() -> list[dict]:
             rows.append({"domain": domain, "set": name, "method": label, "steps": 0})
             if label in START_VARIANTS:
                 rows[-1]["method_params"] = dataclasses.asdict(START_VARIANTS[label][0])
-            rows[-1] |= score(np.asarray(images), fused)
+            rows[-1] |= score_set(np.asarray(images), fused)
         jax.clear_caches()  # one compilation per variant and image size: free them per set
     return rows
 

@@ -34,6 +34,7 @@ Sobel kernels are [1 2 1; 0 0 0; −1 −2 −1]/8 and its transpose, 'same' siz
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 import jax
@@ -62,7 +63,6 @@ NAMES: tuple[str, ...] = (
     "mef_ssim",
     "overshoot",
 )
-LOWER_IS_BETTER: frozenset[str] = frozenset({"overshoot", "chroma_error"})
 _TINY = 64 * np.finfo(np.float64).eps
 
 
@@ -503,3 +503,39 @@ def chroma_error(images: np.ndarray, fused: np.ndarray) -> float:
 
 mef_ssim = _public(mef_ssim_jit)
 overshoot = _public(overshoot_jit)
+
+
+# ----------------------------------------------------------------------------- the registry
+
+
+@dataclasses.dataclass(frozen=True)
+class Metric:
+    """One score of a fused set, as tables and reports show it.
+
+    Attributes:
+      name: the column name (a key of :data:`REGISTRY`).
+      lower_is_better: tables mark the lowest value best (else the highest).
+      colour_only: scored on RGB and defined only for sets with colour (None elsewhere); the
+        others are scored on the luminance (:func:`luminance_255`) by :data:`KERNELS`.
+    """
+
+    name: str
+    lower_is_better: bool = False
+    colour_only: bool = False
+
+
+REGISTRY: dict[str, Metric] = {
+    **{name: Metric(name, lower_is_better=name == "overshoot") for name in NAMES},
+    "chroma_error": Metric("chroma_error", lower_is_better=True, colour_only=True),
+}
+"""Every score of a table, in column order; a new metric is an entry here plus its kernel."""
+
+
+def score_set(inputs: np.ndarray, fused: np.ndarray) -> dict[str, float | None]:
+    """Every metric of :data:`REGISTRY` for one set, in float64: ``[N, H, W, C]`` inputs and a
+    ``[H, W, C]`` result in ``[0, 1]``; a colour-only metric is None for a set without colour."""
+    values = compute_all(luminance_255(inputs), luminance_255(fused))
+    chroma = chroma_error(inputs, fused)
+    return {name: float(values[name]) for name in NAMES} | {
+        "chroma_error": None if np.isnan(chroma) else chroma
+    }

@@ -18,6 +18,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import csv
+import dataclasses
 import fcntl
 import json
 import os
@@ -142,23 +143,57 @@ def set_key(
     return len(inputs), *sizes[0]
 
 
+@dataclasses.dataclass(frozen=True)
+class Fused:
+    """Same-shape sets fused together, not yet written: their names, inputs ``[N, H, W, C]``
+    each, outputs, bit depths, the result and the seconds it took."""
+
+    names: list[str]
+    sets: list[np.ndarray]
+    outputs: list[Path]
+    bits: list[int]
+    result: fusion.FusionResult
+    seconds: float
+
+
+def fuse_batch(
+    models: Models,
+    config: fusion.FusionConfig,
+    names: list[str],
+    sets: list[np.ndarray],
+    *,
+    outputs: list[Path],
+    bits: list[int],
+) -> Fused:
+    """Fuse same-shape sets ``[N, H, W, C]`` together (FM4 scoring them at ``bits``)."""
+    start = time.perf_counter()
+    result = fusion.fuse(
+        models.vgg, np.stack(sets), config, progress=log_progress, network=models.network,
+        bits=bits,
+    )  # fmt: skip
+    return Fused(names, sets, outputs, bits, result, time.perf_counter() - start)
+
+
 def fuse_and_save(
     models: Models,
     config: fusion.FusionConfig,
     names: list[str],
     sets: list[np.ndarray],
+    *,
     outputs: list[Path],
     bits: list[int],
 ) -> tuple[list[Record], fusion.FusionResult]:
-    """Fuse same-shape sets ``[N, H, W, C]`` together, write each output at its bit depth, and
-    return per-set records: with a judge, its semantic scores and classes (of the inputs and the
-    written file), else with a classifier ``network``, its classes."""
-    start = time.perf_counter()
-    stacked = np.stack(sets)
-    result = fusion.fuse(
-        models.vgg, stacked, config, progress=log_progress, network=models.network, bits=bits
-    )
-    seconds = time.perf_counter() - start
+    """:func:`fuse_batch` then :func:`save_fused`: records and the result."""
+    fused = fuse_batch(models, config, names, sets, outputs=outputs, bits=bits)
+    return save_fused(models, config, fused), fused.result
+
+
+def save_fused(models: Models, config: fusion.FusionConfig, fused: Fused) -> list[Record]:
+    """Write each output of ``fused`` at its bit depth and return per-set records: with a judge,
+    its semantic scores and classes (of the inputs and the written file), else with a classifier
+    ``network``, its classes."""
+    names, sets, outputs, bits = fused.names, fused.sets, fused.outputs, fused.bits
+    result, seconds, stacked = fused.result, fused.seconds, np.stack(fused.sets)
     semantic = None
     records = []
     for b, (name, out) in enumerate(zip(names, outputs, strict=True)):
@@ -201,7 +236,7 @@ def fuse_and_save(
             record["classes"] = classifier.class_report(reporter, sets[b], written[b])
             if semantic is not None:
                 record.update(semantic[b])
-    return records, result
+    return records
 
 
 def write_report(path: str | os.PathLike[str] | None, record: Record) -> None:
@@ -251,7 +286,9 @@ def fuse_set(
         allow_same_judge=allow_same_judge,
     )
     bits = max(files.bit_depth(p) for p in inputs)
-    records, result = fuse_and_save(models, config, [output.stem], [images], [output], [bits])
+    records, result = fuse_and_save(
+        models, config, [output.stem], [images], outputs=[output], bits=[bits]
+    )
     if figure:
         sheet = contact_sheet(
             images,
@@ -460,30 +497,50 @@ def fuse_manifest(
         )
         started = time.perf_counter()
         total = sum(len(b) for b in mine)
-        # While a batch is fused, the next one is read and decoded in a background thread.
+        # While batch k is fused, batch k + 1 is read and batch k − 1 written, each in a
+        # background thread; a batch's records reach the status file once its files are written.
         reader = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+        writer = concurrent.futures.ThreadPoolExecutor(max_workers=1)
         ahead = iter([[valid[i] for i in b] for b in todo])
         upcoming = reader.submit(_read_members, next(ahead, []))
+        writing = None  # (batch number, failure records, future of the written records)
+
+        def finish(pending: tuple[int, list[Record], concurrent.futures.Future]) -> None:
+            number, failed, written = pending
+            done = failed + written.result()
+            append_status(status, done)
+            records.extend(done)
+            so_far = sum(len(b) for b in mine[:number])
+            elapsed = time.perf_counter() - started
+            eta = elapsed / so_far * (total - so_far)
+            logging.info("%d/%d sets done, %.0fs elapsed, ETA %.0fs", so_far, total, elapsed, eta)
+
         try:
             for number, batch in enumerate(mine, start=1):
                 members = [valid[i] for i in batch]
                 if batch not in todo:
+                    if writing is not None:  # records stay in manifest order
+                        pending, writing = writing, None
+                        finish(pending)
                     records += [{**previous[m[0]], "resumed": True} for m in members]
                     continue
                 logging.info("batch %d/%d: %s", number, len(mine), ", ".join(m[0] for m in members))
                 read = upcoming.result()
                 upcoming = reader.submit(_read_members, next(ahead, []))
-                done = _fuse_members(models, config, read, failure)
-                append_status(status, done)
-                records += done
-                so_far = sum(len(b) for b in mine[:number])
-                elapsed = time.perf_counter() - started
-                eta = elapsed / so_far * (total - so_far)
-                logging.info(
-                    "%d/%d sets done, %.0fs elapsed, ETA %.0fs", so_far, total, elapsed, eta
-                )
+                failed, fused = _fuse_members(models, config, read, failure)
+                if writing is not None:
+                    pending, writing = writing, None
+                    finish(pending)
+                saved = writer.submit(_save_members, models, config, fused, failure)
+                writing = (number, failed, saved)
+            if writing is not None:
+                pending, writing = writing, None
+                finish(pending)
         finally:
             reader.shutdown(cancel_futures=True)
+            writer.shutdown()  # a write in flight completes (every file is written atomically)
+            if writing is not None and writing[2].exception() is None:
+                finish(writing)  # stopped while its files were written: they are recorded too
         failed = sum(r["status"] == "failed" for r in records)
         resumed = sum(bool(r.get("resumed")) for r in records)
         logging.info(
@@ -515,18 +572,32 @@ def _read_members(members: list[Member]) -> Loaded:
 
 def _fuse_members(
     models: Models, config: fusion.FusionConfig, read: Loaded, failure: Any
-) -> list[Record]:
-    """Fuse one batch read by :func:`_read_members`; a set that cannot be read or written is a
-    failure."""
+) -> tuple[list[Record], list[Fused]]:
+    """Fuse one batch read by :func:`_read_members`, writing nothing: failure records of the
+    sets that could not be read or fused, and the fused groups (sets of one shape)."""
     loaded, unreadable = read
-    done = [failure(set_name, exc) for set_name, exc in unreadable]
+    failed = [failure(set_name, exc) for set_name, exc in unreadable]
+    fused = []
     for group in fusion.group_batches([images.shape for _, images, _, _ in loaded], len(loaded)):
         names, sets, outputs, bits = map(list, zip(*(loaded[i] for i in group), strict=True))
         try:
-            fused, _ = fuse_and_save(models, config, names, sets, outputs, bits)
-            done += [{**r, "status": "done"} for r in fused]
+            fused.append(fuse_batch(models, config, names, sets, outputs=outputs, bits=bits))
+        except SemfuseError as exc:
+            failed += [failure(n, exc) for n in names]
+    return failed, fused
+
+
+def _save_members(
+    models: Models, config: fusion.FusionConfig, fused: list[Fused], failure: Any
+) -> list[Record]:
+    """Write the groups :func:`_fuse_members` fused: their records (a group whose outputs cannot
+    be written is a failure; a full disk stops the run)."""
+    done = []
+    for group in fused:
+        try:
+            done += [{**r, "status": "done"} for r in save_fused(models, config, group)]
         except DiskFullError:  # every later write would fail too: stop the run
             raise
         except SemfuseError as exc:  # e.g. an output that turned unwritable: record, go on
-            done += [failure(n, exc) for n in names]
+            done += [failure(n, exc) for n in group.names]
     return done

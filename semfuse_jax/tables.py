@@ -26,17 +26,7 @@ TABLE_FILES = ("table.csv", "table.json", "table.md", "summary.csv", "summary.md
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 
 
-COLUMNS: tuple[str, ...] = (*metrics.NAMES, "chroma_error")
-
-
-def score(inputs: np.ndarray, fused: np.ndarray) -> dict[str, float | None]:
-    """Every column of :data:`COLUMNS` for one set: ``[N, H, W, C]`` inputs and ``[H, W, C]``
-    result in ``[0, 1]``; ``chroma_error`` is None for sets without colour."""
-    values = metrics.compute_all(metrics.luminance_255(inputs), metrics.luminance_255(fused))
-    chroma = metrics.chroma_error(inputs, fused)
-    return {name: float(values[name]) for name in metrics.NAMES} | {
-        "chroma_error": None if np.isnan(chroma) else chroma
-    }
+COLUMNS: tuple[str, ...] = tuple(metrics.REGISTRY)
 
 
 def columns_of(records: Sequence[dict]) -> tuple[str, ...]:
@@ -87,12 +77,13 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
 
 def bold_best(records: list[dict], key_fields: list[str]) -> list[list[str]]:
     """Rows of ``key_fields`` + columns with the best value per column in bold (the highest, or
-    the lowest for :data:`semfuse_jax.metrics.LOWER_IS_BETTER`); a missing value is ``–``."""
+    the lowest where :data:`semfuse_jax.metrics.REGISTRY` says lower is better); a missing
+    value is ``–``."""
     best = {}
     columns = columns_of(records)
     for m in columns:
         present = [r[m] for r in records if r.get(m) is not None]
-        pick = min if m in metrics.LOWER_IS_BETTER else max
+        pick = min if m in metrics.REGISTRY and metrics.REGISTRY[m].lower_is_better else max
         best[m] = pick(present) if present else None
 
     def cell(value: float | None, m: str) -> str:
@@ -207,7 +198,7 @@ def run_table(
                     record["kept_epoch"] = int(result.best_epoch[b])
                 if result.edge_kept is not None:  # FM4: whether its edge refinement was kept
                     record["edge_kept"] = bool(result.edge_kept[b])
-                records.append(record | score(images[i], written[b]) | semantic[b])
+                records.append(record | metrics.score_set(images[i], written[b]) | semantic[b])
     settings = {
         "methods": [config.method for _, config in loaded],
         "configs": [config.to_dict() for _, config in loaded],

@@ -75,7 +75,7 @@ def test_table_runner_scores_the_written_files_per_domain(data_dir, real_weights
         folder = root / next(s for s in sets if s.endswith(row["set"]))
         inputs = fusion.stack_set([files.load_image(p) for p in sorted(folder.iterdir())])
         path = out / "fused" / row["method"] / f"{folder.parent.name}__{row['set']}.png"
-        assert row["qe"] == tables.score(inputs, files.load_image(path))["qe"]
+        assert row["qe"] == metrics.score_set(inputs, files.load_image(path))["qe"]
         assert row["chroma_error"] is None  # grey sets
     assert [r["method"] for r in rows if "kept_epoch" in r] == ["fm4"] * len(sets)
     saved = json.loads((out / "table.json").read_text())

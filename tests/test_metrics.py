@@ -133,3 +133,25 @@ def test_mismatched_shapes_are_refused():
         metrics.q0(pair(RAMP), RAMP[:, :-1])
     with pytest.raises(SemfuseError, match="N>=2"):
         metrics.q0(RAMP[None], RAMP)
+
+
+def test_the_registry_drives_scores_and_tables():
+    from semfuse_jax import tables
+
+    rng = np.random.default_rng(3)
+    grey = rng.random((2, 16, 16, 1)).astype(np.float32)
+    colour = rng.random((2, 16, 16, 3)).astype(np.float32)
+    for inputs in (grey, colour):
+        scores = metrics.score_set(inputs, inputs.mean(axis=0))
+        assert tuple(scores) == tables.COLUMNS == tuple(metrics.REGISTRY)
+        for name, metric in metrics.REGISTRY.items():
+            assert (scores[name] is None) == (metric.colour_only and inputs is grey), name
+    assert set(metrics.KERNELS) == {n for n, m in metrics.REGISTRY.items() if not m.colour_only}
+    # a table marks the lowest value best exactly where the registry says lower is better
+    rows = [{"method": "a"} | dict.fromkeys(tables.COLUMNS, 1.0), {"method": "b"}]
+    rows[1] |= dict.fromkeys(tables.COLUMNS, 2.0)
+    cells = zip(*tables.bold_best(rows, ["method"]), strict=True)
+    marked = dict(zip(["method", *tables.COLUMNS], cells, strict=True))
+    for name, metric in metrics.REGISTRY.items():
+        best = marked[name][0 if metric.lower_is_better else 1]
+        assert best.startswith("**"), name

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from absl import flags
 
-from semfuse_jax import classifier, files, fusion, judge, methods, tables, weights
+from semfuse_jax import classifier, files, fusion, judge, methods, metrics, tables, weights
 from semfuse_jax.cli import options, run_guarded
 from semfuse_jax.errors import SemfuseError
 
@@ -74,7 +74,7 @@ def score_one() -> int:
         network = classifier.load(options.JUDGE.value, vgg)
         semantic = judge.scores(network, inputs[None], fused[None])[0]
         semantic["networks"] = {"cam": cams, "judge": options.JUDGE.value}
-    values = tables.score(inputs, fused) | (semantic or {})
+    values = metrics.score_set(inputs, fused) | (semantic or {})
     if _JSON.value:
         print(json.dumps(values, indent=2))
         return 0
