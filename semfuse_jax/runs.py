@@ -174,20 +174,6 @@ def fuse_batch(
     return Fused(names, sets, outputs, bits, result, time.perf_counter() - start)
 
 
-def fuse_and_save(
-    models: Models,
-    config: fusion.FusionConfig,
-    names: list[str],
-    sets: list[np.ndarray],
-    *,
-    outputs: list[Path],
-    bits: list[int],
-) -> tuple[list[Record], fusion.FusionResult]:
-    """:func:`fuse_batch` then :func:`save_fused`: records and the result."""
-    fused = fuse_batch(models, config, names, sets, outputs=outputs, bits=bits)
-    return save_fused(models, config, fused), fused.result
-
-
 def save_fused(models: Models, config: fusion.FusionConfig, fused: Fused) -> list[Record]:
     """Write each output of ``fused`` at its bit depth and return per-set records: with a judge,
     its semantic scores and classes (of the inputs and the written file), else with a classifier
@@ -286,9 +272,8 @@ def fuse_set(
         allow_same_judge=allow_same_judge,
     )
     bits = max(files.bit_depth(p) for p in inputs)
-    records, result = fuse_and_save(
-        models, config, [output.stem], [images], outputs=[output], bits=[bits]
-    )
+    fused = fuse_batch(models, config, [output.stem], [images], outputs=[output], bits=[bits])
+    records, result = save_fused(models, config, fused), fused.result
     if figure:
         sheet = contact_sheet(
             images,
