@@ -20,11 +20,11 @@ import platform
 import statistics
 import subprocess
 import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 from absl import app, flags
+from revisions import HERE, label, worktree
 from tables import save
 
 _BASELINE = flags.DEFINE_string("baseline", "83bc067", "Git revision to compare with.")
@@ -82,40 +82,20 @@ def timed(tree: Path, data: Path) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def git(tree: Path, *args: str) -> str:
-    """The output of ``git args`` in ``tree``, stripped."""
-    done = subprocess.run(["git", "-C", str(tree), *args], capture_output=True, text=True)
-    return done.stdout.strip()
-
-
 def main(argv: Sequence[str]) -> None:
     del argv
-    here = Path(__file__).resolve().parents[1]
     data = Path(_DATA.value).resolve()
-    with tempfile.TemporaryDirectory() as tmp:
-        base = Path(tmp) / "baseline"
-        subprocess.run(
-            ["git", "-C", str(here), "worktree", "add", "--detach", "-q", str(base),
-             _BASELINE.value],
-            check=True,
-        )  # fmt: skip
-        try:
-            runs: dict[str, list[dict]] = {"baseline": [], "this checkout": []}
-            for _ in range(_ROUNDS.value):
-                runs["baseline"].append(timed(base, data))
-                runs["this checkout"].append(timed(here, data))
-        finally:
-            subprocess.run(
-                ["git", "-C", str(here), "worktree", "remove", "--force", str(base)], check=False
-            )
+    runs: dict[str, list[dict]] = {"baseline": [], "this checkout": []}
+    with worktree(_BASELINE.value) as base:
+        for _ in range(_ROUNDS.value):
+            runs["baseline"].append(timed(base, data))
+            runs["this checkout"].append(timed(HERE, data))
     rate = {k: statistics.median(r["sets"] / r["seconds"] for r in v) for k, v in runs.items()}
     first = {k: v[0] for k, v in runs.items()}
     same = {
         key: first["baseline"][key] == first["this checkout"][key]
         for key in ("best_epoch", "edge_kept", "images_sha256")
     }
-    label = git(here, "rev-parse", "--short", "HEAD")
-    label += " with uncommitted changes" if git(here, "status", "--porcelain", "-uno") else ""
     lines = [
         f"FM4 (defaults, 8-bit files), batch of {_BATCH.value} grey {_SIZE.value}² sets, "
         f"median of {_ROUNDS.value} alternating runs each, {platform.processor() or 'cpu'} "
@@ -124,7 +104,7 @@ def main(argv: Sequence[str]) -> None:
         "| code path | sets/s | seconds per batch | steps |",
         "|---|---|---|---|",
     ]
-    for key, name in (("baseline", _BASELINE.value), ("this checkout", label)):
+    for key, name in (("baseline", _BASELINE.value), ("this checkout", label())):
         seconds = statistics.median(r["seconds"] for r in runs[key])
         steps = first[key]["steps"]
         lines.append(f"| {key} ({name}) | {rate[key]:.3f} | {seconds:.2f} | {steps} |")
