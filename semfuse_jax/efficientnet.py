@@ -150,6 +150,35 @@ def _depth(spec: Spec, name: str) -> int:
     )
 
 
+class Depthwise(nn.Module):
+    """A k×k depthwise convolution with "SAME" padding (as ``nn.Conv`` with one group per
+    channel, same parameters ``kernel [k, k, 1, C]`` and ``bias [C]``), computed as k² shifted
+    multiply-adds: XLA's grouped convolution is an order of magnitude slower on the CPU (a 5×5
+    layer of 192 channels at 32×40, batch 64: 0.88 s against 0.05 s)."""
+
+    kernel_size: int
+    stride: int
+    dtype: Any = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """``[B, H, W, C]`` → ``[B, ⌈H/s⌉, ⌈W/s⌉, C]``."""
+        k, s, channels = self.kernel_size, self.stride, x.shape[-1]
+        kernel = self.param("kernel", nn.initializers.lecun_normal(), (k, k, 1, channels))
+        bias = self.param("bias", nn.initializers.zeros, (channels,))
+        dtype = self.dtype or jnp.result_type(x, kernel)
+        x, kernel, bias = (a.astype(dtype) for a in (x, kernel, bias))
+        size = [-(-n // s) for n in x.shape[1:3]]
+        pads = [max((m - 1) * s + k - n, 0) for m, n in zip(size, x.shape[1:3], strict=True)]
+        x = jnp.pad(x, ((0, 0), *((p // 2, p - p // 2) for p in pads), (0, 0)))
+        out = jnp.zeros((x.shape[0], *size, channels), dtype)
+        for i in range(k):
+            for j in range(k):
+                window = x[:, i : i + (size[0] - 1) * s + 1 : s, j : j + (size[1] - 1) * s + 1 : s]
+                out = out + window * kernel[i, j, 0]
+        return out + bias
+
+
 class EfficientNetLite(nn.Module):
     """EfficientNet-Lite returning a dict of named activations (see the module docstring).
 
@@ -184,13 +213,12 @@ class EfficientNetLite(nn.Module):
                 result[name] = value
             return value
 
-        def conv(width: int, kernel: int, stride: int, name: str, groups: int = 1) -> nn.Conv:
+        def conv(width: int, kernel: int, stride: int, name: str) -> nn.Conv:
             return nn.Conv(
                 width,
                 (kernel, kernel),
                 (stride, stride),
                 padding="SAME",
-                feature_group_count=groups,
                 dtype=self.dtype,
                 name=name,
             )
@@ -204,7 +232,7 @@ class EfficientNetLite(nn.Module):
             h = x
             if b.expands:
                 h = jax.nn.relu6(conv(b.width_mid, 1, 1, f"block{i}_expand")(h))
-            h = conv(b.width_mid, b.kernel, b.stride, f"block{i}_depthwise", b.width_mid)(h)
+            h = Depthwise(b.kernel, b.stride, self.dtype, name=f"block{i}_depthwise")(h)
             h = conv(b.width_out, 1, 1, f"block{i}_project")(jax.nn.relu6(h))
             x = mark(f"block{i}", h + x if b.residual else h)
             if i + 1 == len(self.spec) or self.spec[i + 1].stage != b.stage:
