@@ -18,13 +18,11 @@ import json
 import os
 import platform
 import statistics
-import subprocess
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from absl import app, flags
-from revisions import HERE, label, worktree
+from revisions import HERE, label, run_in, worktree
 from tables import save
 
 _BASELINE = flags.DEFINE_string("baseline", "83bc067", "Git revision to compare with.")
@@ -74,11 +72,7 @@ print(json.dumps({
 
 def timed(tree: Path, data: Path) -> dict:
     """One subprocess timing of the tree ``tree`` (its package first on the path)."""
-    env = {**os.environ, "PYTHONPATH": str(tree)}
-    args = [sys.executable, "-c", _TIMING, str(data), str(_BATCH.value), str(_SIZE.value)]
-    done = subprocess.run(args, cwd=tree, env=env, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise SystemExit(f"timing in {tree} failed:\n{done.stderr[-2000:]}")
+    done = run_in(tree, ["-c", _TIMING, str(data), str(_BATCH.value), str(_SIZE.value)])
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 

@@ -18,15 +18,13 @@ import hashlib
 import os
 import platform
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from absl import app, flags
-from revisions import HERE, label, worktree
+from revisions import HERE, label, run_in, worktree
 from tables import save
 
 from semfuse_jax import tables
@@ -52,15 +50,12 @@ def manifest(data: Path, path: Path) -> None:
 
 def timed(tree: Path, pairs: Path, out: Path) -> dict:
     """One run of ``semfuse-fuse --pairs`` by the code in ``tree``: seconds and file digests."""
-    env = {**os.environ, "PYTHONPATH": str(tree)}
-    args = [sys.executable, "-m", "semfuse_jax.cli.fuse", f"--pairs={pairs}",
-            f"--output_dir={out}", f"--method={_METHOD.value}", f"--batch_size={_BATCH.value}",
-            "--overwrite", *([f"--judge={_JUDGE.value}"] if _JUDGE.value else [])]  # fmt: skip
+    args = ["-m", "semfuse_jax.cli.fuse", f"--pairs={pairs}", f"--output_dir={out}",
+            f"--method={_METHOD.value}", f"--batch_size={_BATCH.value}", "--overwrite",
+            *([f"--judge={_JUDGE.value}"] if _JUDGE.value else [])]  # fmt: skip
     start = time.perf_counter()
-    done = subprocess.run(args, cwd=tree, env=env, capture_output=True, text=True, check=False)
+    run_in(tree, args)
     seconds = time.perf_counter() - start
-    if done.returncode != 0:
-        raise SystemExit(f"run in {tree} failed:\n{done.stderr[-2000:]}")
     digests = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in out.glob("*.png")}
     return {"seconds": seconds, "files": len(digests), "digests": digests}
 

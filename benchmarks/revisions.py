@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -40,3 +42,15 @@ def worktree(revision: str) -> Iterator[Path]:
             subprocess.run(
                 ["git", "-C", str(HERE), "worktree", "remove", "--force", str(tree)], check=False
             )
+
+
+def run_in(tree: Path, args: list[str]) -> subprocess.CompletedProcess:
+    """``python args`` with the code of ``tree`` (its package first on the path, run from it);
+    exits with the end of its stderr if it fails."""
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    done = subprocess.run(
+        [sys.executable, *args], cwd=tree, env=env, capture_output=True, text=True, check=False
+    )
+    if done.returncode != 0:
+        raise SystemExit(f"run in {tree} failed:\n{done.stderr[-2000:]}")
+    return done
