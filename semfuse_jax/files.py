@@ -204,12 +204,6 @@ def file_identity(path: str | os.PathLike[str]) -> tuple[str, tuple[int, int] | 
     return real, (st.st_dev, st.st_ino)
 
 
-def same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
-    """Whether ``a`` and ``b`` name one file (existing or not)."""
-    (real_a, id_a), (real_b, id_b) = file_identity(a), file_identity(b)
-    return real_a == real_b or (id_a is not None and id_a == id_b)
-
-
 def check_outputs(
     outputs: Sequence[str | os.PathLike[str]],
     inputs: Sequence[str | os.PathLike[str]],
@@ -221,14 +215,21 @@ def check_outputs(
     an output that exists unless ``overwrite``, and one that cannot be written.
     """
     paths = [Path(p) for p in outputs]
-    for k, path in enumerate(paths):
-        for other in paths[:k]:
-            if same_file(path, other):
-                raise SemfuseError(f"output {path} is named twice ({other}); give distinct outputs")
-        for source in inputs:
-            if same_file(path, source):
-                raise SemfuseError(f"output {path} is an input of this run ({source}); refusing")
+    sources: dict[object, str | os.PathLike[str]] = {}  # real path and inode -> an input
+    for source in inputs:
+        for key in filter(None, file_identity(source)):
+            sources.setdefault(key, source)
+    named: dict[object, Path] = {}  # the same for the outputs checked so far
+    for path in paths:
+        keys = list(filter(None, file_identity(path)))
+        other = next((named[key] for key in keys if key in named), None)
+        if other is not None:
+            raise SemfuseError(f"output {path} is named twice ({other}); give distinct outputs")
+        source = next((sources[key] for key in keys if key in sources), None)
+        if source is not None:
+            raise SemfuseError(f"output {path} is an input of this run ({source}); refusing")
         check_writable(path, overwrite)
+        named.update((key, path) for key in keys if key not in named)
     return paths
 
 
