@@ -17,25 +17,6 @@ import pytest
 jax.config.update("jax_default_matmul_precision", "highest")
 
 REPO = Path(__file__).resolve().parent.parent
-
-# The suite's time is mostly XLA compiling small programs, few of them run long: compile with
-# LLVM's cheap pipeline (the same arithmetic, no fast-math either way; about 40 % less compile
-# time). Set before the first computation, and inherited by the tools the tests start.
-TEST_XLA_FLAGS = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
-os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {TEST_XLA_FLAGS}".strip()
-
-# One persistent compilation cache for the test workers and the tools they start: most of the
-# suite's time is XLA compiling the same programs (the networks, FM4's loop) in several
-# processes. Entries are keyed by the program, the jax version and the flags.
-COMPILATION_CACHE = os.environ.setdefault(
-    "JAX_COMPILATION_CACHE_DIR", str(REPO / ".pytest_cache" / "jax-compilation")
-)
-os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
-jax.config.update("jax_compilation_cache_dir", COMPILATION_CACHE)
-jax.config.update(
-    "jax_persistent_cache_min_compile_time_secs",
-    float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]),
-)
 SHARED_WEIGHTS_FILE = "vgg19_imagenet_keras_block1-3.h5"
 
 try:  # torch is the independent reference of the cross-checks; the other tests need none

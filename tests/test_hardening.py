@@ -88,12 +88,11 @@ def test_interrupted_batch_exits_130_or_143_cleanly_at_any_moment(tmp_path, real
         paths.append(tmp_path / name)
         Image.fromarray(rng.integers(0, 256, (64, 64), dtype=np.uint8)).save(paths[-1])
     manifest = tmp_path / "sets.csv"
-    # many short sets: a signal is acted on between compiled calls, so each call is short and
-    # the run as a whole is long
+    # many short sets: a long run made of short compiled calls, so the signals land in every
+    # phase (start-up, compiling, inside a compiled call and its progress callbacks, writing)
     manifest.write_text("".join(f"s{i},{paths[i % 2]},{paths[1 - i % 2]}\n" for i in range(400)))
-    for trial, (sig, delay) in enumerate(
-        [(signal.SIGINT, 0.0), (signal.SIGTERM, 1.0), (signal.SIGINT, 2.5)]
-    ):
+    for trial, delay in enumerate((0.0, 0.6, 1.2, 1.8, 2.4, 3.0)):
+        sig = (signal.SIGINT, signal.SIGTERM)[trial % 2]
         out = tmp_path / f"out{trial}"
         process = subprocess.Popen(
             [

@@ -103,6 +103,29 @@ def test_public_solve_jits_and_equals_the_driver(real_weights):
     np.testing.assert_allclose(np.asarray(alone), driven.images[0], atol=1e-4)
 
 
+def test_an_interruption_in_a_progress_callback_is_raised_when_the_call_returns(real_weights):
+    """A signal handler that fires inside a progress callback (Python on the calling thread,
+    where jax logs and drops exceptions) is held back and raised once the compiled call ends."""
+    from semfuse_jax.optimise import driver
+
+    w = _conv1_1(real_weights, "keras")
+    target, point = _problem(w, (12, 14, 1), seed=4)
+    epochs = []
+
+    def progress(epoch: int, *_: object) -> None:
+        epochs.append(epoch)
+        driver.interrupt(KeyboardInterrupt)  # what the tools' SIGINT handler calls
+
+    batch = {k: v[None] for k, v in target.items()}
+    with pytest.raises(KeyboardInterrupt):
+        optimise.optimise(w, point[None], batch, Schedule(epochs=3, iters=2), progress=progress)
+    assert epochs[:1] == [1]  # raised from the first epoch's callback, after the call
+    with pytest.raises(KeyboardInterrupt):  # outside a compiled call: at once
+        driver.interrupt(KeyboardInterrupt)
+    again = optimise.optimise(w, point[None], batch, Schedule(epochs=3, iters=2))
+    assert again.steps == 6  # nothing is left pending for the next call
+
+
 def test_second_fuse_with_the_same_shapes_compiles_nothing(real_weights):
     images = np.random.default_rng(1).uniform(size=(2, 2, 19, 23, 1)).astype(np.float32)
     config = fusion.FusionConfig(schedule=Schedule(epochs=2, iters=5))

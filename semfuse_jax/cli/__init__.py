@@ -59,8 +59,12 @@ def flags_parser(doc: str, modules: Sequence[str]) -> Callable[[list[str]], list
     return parse
 
 
-def _terminate(signum: int, frame: FrameType | None) -> None:
-    raise Terminated
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    """SIGINT and SIGTERM: :class:`KeyboardInterrupt` or :class:`Terminated` in the main thread,
+    held back while a compiled optimisation runs (:func:`semfuse_jax.optimise.driver.interrupt`)."""
+    from semfuse_jax.optimise import driver
+
+    driver.interrupt(KeyboardInterrupt if signum == signal.SIGINT else Terminated)
 
 
 def _exit_now(status: int) -> None:
@@ -91,7 +95,8 @@ def run_guarded(
     """
 
     def guarded(argv: Sequence[str]) -> int | None:
-        signal.signal(signal.SIGTERM, _terminate)
+        signal.signal(signal.SIGTERM, _interrupt)
+        signal.signal(signal.SIGINT, _interrupt)
         try:
             return main(argv)
         except SemfuseError as exc:

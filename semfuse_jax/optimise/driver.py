@@ -224,6 +224,17 @@ def _place(arrays: tuple, mesh: Mesh) -> tuple[tuple, int]:
 
 
 _PROGRESS: list[tuple[Progress, float, int]] = []  # the running call's (progress, start, batch)
+_DEFERRED: list[type[BaseException]] = []  # interruptions that arrived during a compiled call
+
+
+def interrupt(kind: type[BaseException]) -> None:
+    """Raise ``kind`` (a signal handler's exception) now or, while a compiled call runs, as soon
+    as it returns: the call's progress callbacks run Python on this thread, and an exception
+    raised inside one is logged and dropped by jax (the run would go on, or fail with a
+    traceback)."""
+    if not _PROGRESS:
+        raise kind()
+    _DEFERRED.append(kind)
 
 
 def _report(epoch: np.ndarray, epochs: int, losses: np.ndarray) -> None:
@@ -263,6 +274,10 @@ def _drive(
         out = jax.device_get(out)  # the batch's only copy to the host
     finally:
         _PROGRESS.pop()
+        if _DEFERRED and not _PROGRESS:
+            kind = _DEFERRED[0]
+            _DEFERRED.clear()
+            raise kind()
     compile_seconds = COMPILES.snapshot()[1] - since[1]
     epochs_run = int(out["epoch"])
     scored = "kept" in out
