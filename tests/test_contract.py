@@ -22,26 +22,26 @@ from semfuse_jax import cam, classifier, efficientnet, fusion, methods, metrics,
 from semfuse_jax.cli import options
 from semfuse_jax.models import Models
 from semfuse_jax.optimise import Schedule
+from semfuse_jax.synthetic import multifocus_set
 
 SHORT = Schedule(epochs=2, iters=3)
 HOST_PARTS = {("dwt", "combine")}  # the wavelet baseline: PyWavelets on the host, in float64
 
 
 def _pairs(shape: tuple[int, ...], seed: int) -> np.ndarray:
-    """Two sets of two smooth random images ``[2, 2, *shape]`` in ``[0, 1]``, float32."""
+    """Two multi-focus sets ``[2, 2, *shape]`` of random images (float32, in ``[0, 1]``)."""
     rng = np.random.default_rng(seed)
-    coarse = rng.uniform(size=(2, 2, shape[0] // 4 + 1, shape[1] // 4 + 1, shape[2]))
-    fine = np.repeat(np.repeat(coarse, 4, axis=2), 4, axis=3)[:, :, : shape[0], : shape[1]]
-    return (0.8 * fine + 0.2 * rng.uniform(size=(2, 2, *shape))).astype(np.float32)
+    return np.stack([multifocus_set(rng.uniform(size=shape)) for _ in range(2)])
 
 
-def _alone(run, batch: np.ndarray) -> None:
-    """``run`` ``[2, ...] → [2, ...]`` gives each member of ``batch`` what it gives that member
-    in a batch of its own copies."""
+def _alone(run, batch: np.ndarray) -> np.ndarray:
+    """``run(batch)`` ``[2, ...]``, having checked that it gives each member of ``batch`` what
+    it gives that member in a batch of its own copies."""
     together = np.asarray(run(batch))
     for k in (0, 1):
         alone = np.asarray(run(np.stack([batch[k], batch[k]])))
         np.testing.assert_allclose(together[k], alone[k], atol=1e-5, err_msg=f"set {k}")
+    return together
 
 
 @pytest.fixture(scope="module")
@@ -59,8 +59,7 @@ def test_every_method_keeps_the_contract(name, real_weights, lite0, tmp_path):
     def run(batch: np.ndarray) -> np.ndarray:
         return fusion.fuse(real_weights, batch, config, network=network).fused
 
-    _alone(run, sets)
-    fused = run(sets)
+    fused = _alone(run, sets)
     assert fused.shape == (2, 32, 40, 3) and np.all((fused >= 0) & (fused <= 1))
 
     one = jnp.asarray(sets[0])  # the method's parts, on one set [N, H, W, C]
@@ -138,12 +137,15 @@ def test_every_cam_method_keeps_the_contract(name, lite0):
     assert together.shape == (2, 1, 64, 64) and np.all(np.isfinite(together))
     assert np.all(together >= 0)
     jitted = jax.jit(lambda x, w: cam.layer_maps(lite0, x, w, (layer,), name))
-    np.testing.assert_allclose(jitted(jnp.asarray(images), weights), together, atol=1e-5)
+    # float32 rounding relative to the map's scale (Eigen-CAM's SVD reaches ~1.5e-5)
+    np.testing.assert_allclose(jitted(jnp.asarray(images), weights), together, rtol=1e-4, atol=1e-5)
     for k in (0, 1):  # each image with its own class, alone or beside the other
         pair = jnp.asarray(np.stack([images[k], images[k]]))
         alone = np.asarray(cam.layer_maps(lite0, pair, weights[k][None].repeat(2, 0),
                                           (layer,), name))  # fmt: skip
-        np.testing.assert_allclose(together[k], alone[k], atol=1e-5, err_msg=f"image {k}")
+        np.testing.assert_allclose(
+            together[k], alone[k], rtol=1e-4, atol=1e-5, err_msg=f"image {k}"
+        )
 
 
 @pytest.mark.parametrize("name", list(metrics.REGISTRY))

@@ -18,6 +18,7 @@ from types import FrameType
 from absl import app, flags
 
 from semfuse_jax.errors import SemfuseError
+from semfuse_jax.optimise import driver
 
 
 class Terminated(BaseException):
@@ -62,8 +63,6 @@ def flags_parser(doc: str, modules: Sequence[str]) -> Callable[[list[str]], list
 def _interrupt(signum: int, frame: FrameType | None) -> None:
     """SIGINT and SIGTERM: :class:`KeyboardInterrupt` or :class:`Terminated` in the main thread,
     held back while a compiled optimisation runs (:func:`semfuse_jax.optimise.driver.interrupt`)."""
-    from semfuse_jax.optimise import driver
-
     driver.interrupt(KeyboardInterrupt if signum == signal.SIGINT else Terminated)
 
 
