@@ -11,8 +11,8 @@ The public API::
 Modules: ``vgg19`` and ``efficientnet`` (models), ``weights`` and ``torch_file`` (weight files),
 ``classifier`` (ImageNet classifiers, class names), ``rules`` (fusion rules Ψ), ``cam``
 (Grad-CAM, mixing), ``pyramid`` (Laplacian pyramids), ``optimise`` (objectives and the Adam
-solver), ``fusion`` (FM0–FM5), ``baselines``, ``metrics``, ``io`` (images, atomic writes),
-``figure`` (contact sheets), ``cli`` (absl tools).
+solver), ``fusion`` (FM0–FM6), ``regions`` (FM6), ``baselines``, ``metrics``, ``files``
+(images, atomic writes), ``figure`` (contact sheets), ``cli`` (absl tools).
 """
 
 from importlib.metadata import PackageNotFoundError, version

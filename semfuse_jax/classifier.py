@@ -141,11 +141,16 @@ def resize_for(network: Network, images: jax.Array) -> jax.Array:
     return jax.image.resize(images, shape, "linear", antialias=True)
 
 
+def logits(network: Network, images: jax.Array) -> jax.Array:
+    """ImageNet logits ``[B, 1000]`` of ``[B, H, W, 1|3]`` images in ``[0, 1]``."""
+    x = resize_for(network, jnp.asarray(images, jnp.float32))
+    return network.features(x, ("logits",))["logits"]
+
+
 @jax.jit
 def classify(network: Network, images: jax.Array) -> jax.Array:
     """ImageNet class probabilities ``[B, 1000]`` of ``[B, H, W, 1|3]`` images in ``[0, 1]``."""
-    x = resize_for(network, jnp.asarray(images, jnp.float32))
-    return jax.nn.softmax(network.features(x, ("logits",))["logits"], axis=-1)
+    return jax.nn.softmax(logits(network, images), axis=-1)
 
 
 def top_classes(probabilities: np.ndarray, k: int = 5) -> list[list[dict[str, Any]]]:

@@ -61,7 +61,7 @@ class FusionConfig:
     (loss layers, schedule, solver); class activation maps; devices.
 
     Attributes:
-      method: a name in :data:`semfuse_jax.methods.REGISTRY` (FM0–FM5 or a baseline).
+      method: a name in :data:`semfuse_jax.methods.REGISTRY` (FM0–FM6 or a baseline).
       method_params: the method's own settings (:attr:`semfuse_jax.methods.Method.params`:
         :class:`semfuse_jax.fm4.Params`, :class:`semfuse_jax.methods.BlendParams`); None: its
         defaults (settings equal to the defaults are stored as None). :attr:`params` is what
@@ -83,10 +83,11 @@ class FusionConfig:
       compute_dtype: the network's dtype inside the optimisation: ``float32`` or ``bfloat16``.
       init_noise: std of Gaussian noise (grey levels) added to the initial image.
       seed: PRNG seed for ``init_noise``.
-      classifier: the network whose CAMs FM2, FM3 and FM5 use: ``vgg19`` (the paper's; needs full
-        VGG19 weights), ``efficientnet_lite0`` (installed with the package) or ``auto`` (VGG19
-        when the weights hold its classifier, else EfficientNet-Lite0); see ``classifier``.
-      cam: the class activation mapping method of FM2/FM3/FM5 (:data:`semfuse_jax.cam.METHODS`;
+      classifier: the network whose CAMs FM2, FM3, FM5 and FM6 use: ``vgg19`` (the paper's;
+        needs full VGG19 weights), ``efficientnet_lite0`` (installed with the package) or
+        ``auto`` (VGG19 when the weights hold its classifier, else EfficientNet-Lite0); see
+        ``classifier``.
+      cam: the class activation mapping method of FM2/FM3/FM5/FM6 (:data:`semfuse_jax.cam.METHODS`;
         ``gradcam``, the paper's, by default).
       cam_layers: layers whose CAM maps are multiplied (FM2, FM3) or averaged (FM5); empty: the
         classifier's default (``cam_layers`` of :data:`semfuse_jax.classifier.REGISTRY`).
@@ -233,7 +234,7 @@ class FusionConfig:
     @property
     def required_outputs(self) -> tuple[str, ...]:
         """VGG19 outputs this configuration's feature loss needs (for an early check); the
-        classifier of FM2/FM3/FM5 is loaded and checked separately (``classifier.load``)."""
+        classifier of FM2/FM3/FM5/FM6 is loaded and checked separately (``classifier.load``)."""
         return self.layers if self.spec.optimised else ()
 
 
@@ -539,8 +540,11 @@ def fuse_planes(
         maps = cam_maps(
             network, images, config.top_k, config.target_class, layers, spec.maps, config.cam
         )
-    if spec.mix is not None:  # no optimisation: a mix or blend of the inputs
+    if spec.select is not None:  # no optimisation: the classifier's choice of candidates
+        fused, mixing = spec.select(network, images, maps, params=config.params)
+    elif spec.mix is not None:  # no optimisation: a mix or blend of the inputs
         fused, mixing = per_set(spec.mix, images, maps, params=config.params)
+    if spec.select is not None or spec.mix is not None:
         return FusionResult(
             fused=np.asarray(fused),
             average=average,

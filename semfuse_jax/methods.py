@@ -1,20 +1,23 @@
 """The fusion methods: one registry entry per method, saying what it needs and what it is made of.
 
-Every method is one of three kinds:
+Every method is one of four kinds:
 
 - a **combination** of the inputs (the classical baselines): ``combine`` maps a batch
   ``[B, N, H, W, C]`` to ``[B, H, W, C]``; no network;
 - a **semantic mix** (FM3, FM5): the classifier's Grad-CAM ``maps`` of each input decide, and
   ``mix`` turns one set ``[N, H, W, C]`` and its maps ``[N, H, W]`` into the fused ``[H, W, C]``
   and the per-input weights ``[N, H, W]``;
+- a **semantic choice** (FM6): ``select`` makes candidate fusions of a batch from its maps and
+  lets the classifier pick one per set (:mod:`semfuse_jax.regions`);
 - an **optimisation** (FM0, FM1, FM2, FM4): Adam from ``start``'s image towards the VGG19 feature
   ``target`` of the inputs (:mod:`semfuse_jax.optimise`), optionally keeping the epoch with the
   best source-referenced quality (``quality_stop``) and refining the result in the gradient
   domain (``edges``).
 
-Parts take one set (``[N, ...]``, inputs first); :func:`semfuse_jax.fusion.fuse` vmaps them over
-the batch. A method's settings are one frozen dataclass (``params``: its defaults; FM4's
-:class:`semfuse_jax.fm4.Params`, FM5's :class:`BlendParams`), carried by
+Parts but ``select`` take one set (``[N, ...]``, inputs first); :func:`semfuse_jax.fusion.fuse`
+vmaps them over the batch. A method's settings are one frozen dataclass (``params``: its
+defaults; FM4's :class:`semfuse_jax.fm4.Params`, FM5's :class:`BlendParams`, FM6's
+:class:`semfuse_jax.regions.RegionParams`), carried by
 ``FusionConfig.method_params`` into every report; ``start``, ``mix``, ``edges`` and ``bounds``
 receive them as ``params`` (None for a method without settings), and nothing else reads them.
 A new method is one :class:`Method` in :data:`REGISTRY`, with its parts here when they are a few
@@ -30,7 +33,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from semfuse_jax import baselines, cam, fm4, pyramid, rules
+from semfuse_jax import baselines, cam, fm4, pyramid, regions, rules
 from semfuse_jax.errors import SemfuseError
 
 
@@ -55,6 +58,7 @@ Mix = Callable[[jax.Array, jax.Array, Params], tuple[jax.Array, jax.Array]]
 Target = Callable[[jax.Array, jax.Array | None, bool], jax.Array]
 Start = Callable[[jax.Array, Params], tuple[jax.Array, jax.Array | None]]
 Box = Callable[[jax.Array, Params], tuple[jax.Array, jax.Array]]
+Select = Callable[..., tuple[jax.Array, jax.Array]]  # (network, images, maps, params=)
 
 
 def average_start(images: jax.Array, params: None = None) -> tuple[jax.Array, None]:
@@ -109,6 +113,8 @@ class Method:
       maps: the Grad-CAM maps a method needs: ``product`` (the paper's P) or ``mean``
         (:func:`semfuse_jax.cam.semantic_map`); None: no classifier.
       mix: a semantic mix's function on one set, its maps and ``params``.
+      select: a semantic choice's function ``(network, images [B, N, H, W, C], maps
+        [B, N, H, W], params=) → (fused [B, H, W, C], weights [B, N, H, W])`` on a batch.
       target: an optimisation's feature rule ``(features [N, h, w, c], weights [N, h, w] | None,
         weighted) → [h, w, c]``; its weights are the start's choice, else the CAM maps.
       start: an optimisation's start image ``[N, H, W, C], params → ([H, W, C], choice | None)``.
@@ -131,6 +137,7 @@ class Method:
     combine: Combine | None = None
     maps: str | None = None
     mix: Mix | None = None
+    select: Select | None = None
     target: Target | None = None
     start: Start = average_start
     quality_stop: bool = False
@@ -162,6 +169,9 @@ REGISTRY: dict[str, Method] = {
                colour="auto"),
         Method("fm5", "each pixel from the input with the highest Grad-CAM map, pyramid-blended",
                "semfuse_jax", maps="mean", mix=semantic_blend, params=BlendParams(), colour="auto"),
+        Method("fm6", "FM5's maps made into candidate regions, the classifier's choice of them; "
+               "the Laplacian pyramid where the inputs show one scene", "semfuse_jax",
+               maps="mean", select=regions.choose, params=regions.RegionParams(), colour="auto"),
         Method("average", "pixel mean of the inputs", "baseline", combine=baselines.average),
         Method("max", "pixel maximum of the inputs", "baseline", combine=baselines.maximum),
         Method("dwt", "3-level db2 wavelet choose-max", "baseline", combine=baselines.dwt),

@@ -1,4 +1,4 @@
-"""semfuse-fuse: fuse registered images with FM0–FM5 or a classical baseline.
+"""semfuse-fuse: fuse registered images with FM0–FM6 or a classical baseline.
 
 One set:
   semfuse-fuse --inputs=A.png,B.png --output=F.png [--method=fm0] [--report=r.json]
