@@ -40,8 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from semfuse_jax import baselines, classifier, pyramid
-
-TOP_K = 5  # the margin is taken over the candidate's 5th class
+from semfuse_jax.judge import TOP_K  # the margin is taken over the candidate's 5th class
 
 
 @dataclasses.dataclass(frozen=True)
