@@ -14,7 +14,12 @@ import jax
 import numpy as np
 import pytest
 
+from semfuse_jax.cli import use_compilation_cache
+
 jax.config.update("jax_default_matmul_precision", "highest")
+# The tools' persistent compilation cache, shared by the test workers and the tools they run:
+# a program compiled once in the session (e.g. Lite0's CAMs at one size) is loaded after that.
+use_compilation_cache()
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_WEIGHTS_FILE = "vgg19_imagenet_keras_block1-3.h5"

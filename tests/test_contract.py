@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from semfuse_jax import cam, classifier, efficientnet, fusion, methods, metrics, runs
+from semfuse_jax import cam, classifier, efficientnet, fusion, methods, metrics, regions, runs
 from semfuse_jax.cli import options
 from semfuse_jax.models import Models
 from semfuse_jax.optimise import Schedule
@@ -26,6 +26,8 @@ from semfuse_jax.synthetic import multifocus_set
 
 SHORT = Schedule(epochs=2, iters=3)
 HOST_PARTS = {("dwt", "combine")}  # the wavelet baseline: PyWavelets on the host, in float64
+# FM6 with 6 candidates and 2 views instead of 38 and 4: the same code paths, a smaller program
+SETTINGS = {"fm6": regions.RegionParams(biases=(0.3,), directions=2, offsets=(0.0,), zooms=())}
 
 
 def _pairs(shape: tuple[int, ...], seed: int) -> np.ndarray:
@@ -53,7 +55,10 @@ def lite0() -> classifier.Network:
 def test_every_method_keeps_the_contract(name, real_weights, lite0, tmp_path):
     method = methods.get(name)
     sets = _pairs((32, 40, 3), seed=len(name))
-    config = fusion.FusionConfig(method=name, schedule=SHORT, classifier="efficientnet_lite0")
+    config = fusion.FusionConfig(
+        method=name, schedule=SHORT, classifier="efficientnet_lite0",
+        method_params=SETTINGS.get(name),
+    )  # fmt: skip
     network = lite0 if config.uses_cam else None
 
     def run(batch: np.ndarray) -> np.ndarray:
