@@ -41,18 +41,8 @@ from PIL import Image
 from semantic import _DATA, _FIGURES, _OUT, _WEIGHTS, cross_scene_pairs, photos
 from tables import save
 
-from semfuse_jax import (
-    cam,
-    classifier,
-    efficientnet,
-    files,
-    fusion,
-    judge,
-    methods,
-    metrics,
-    vgg19,
-)
-from semfuse_jax import weights as vgg_weights
+from semfuse_jax import cam, classifier, files, fusion, judge, methods, metrics
+from semfuse_jax.models import efficientnet, vgg19
 
 _ABLATIONS = flags.DEFINE_list("ablations", ["cams", "top_k", "layers"], "Ablations to run.")
 _CAMS = flags.DEFINE_list("cams", list(cam.NAMES), "CAM methods compared.")
@@ -219,7 +209,7 @@ def part_layers() -> None:
     if not _WEIGHTS.value:
         raise app.UsageError("the layer ablation needs real VGG19 weights (--weights)")
     sets = layer_sets()
-    w = vgg_weights.load_weights(_WEIGHTS.value)
+    w = vgg19.load_weights(_WEIGHTS.value)
     rows, lines = (
         [],
         [

@@ -45,7 +45,8 @@ import numpy as np
 from absl import app, flags
 from tables import save
 
-from semfuse_jax import classifier, fusion, methods, optimise, weights
+from semfuse_jax import classifier, fusion, methods, optimise
+from semfuse_jax.models import vgg19
 from semfuse_jax.optimise import FAST, Schedule
 
 _DATA = flags.DEFINE_string("data", "../shared/data", "Shared data folder.")
@@ -108,7 +109,7 @@ def peak_bytes() -> int | None:
     return None if not stats else stats.get("peak_bytes_in_use")
 
 
-def step_bytes(vgg: weights.Weights, images: np.ndarray) -> float:
+def step_bytes(vgg: vgg19.Weights, images: np.ndarray) -> float:
     """Bytes one vmapped Adam step of FM0's quadratic objective reads and writes for the batch
     ``[B, N, H, W, C]`` (XLA's cost analysis of the compiled step)."""
     x = jnp.asarray(images)
@@ -213,7 +214,7 @@ def main(argv: Sequence[str]) -> None:
         "devices": jax.device_count(), "host": platform.processor() or platform.machine(),
         "jax": jax.__version__, "bandwidth_gbs": bandwidth_gbs(),
     }  # fmt: skip
-    vgg = weights.load_weights(outputs=("conv1_1",))
+    vgg = vgg19.load_weights(outputs=("conv1_1",))
     needs_cam = any(config_of(c).uses_cam for c in _CASES.value)
     lite0 = classifier.load("efficientnet_lite0") if needs_cam else None
     combos = [

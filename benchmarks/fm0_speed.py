@@ -31,7 +31,8 @@ from absl import app, flags
 from tables import save
 from torch_fm0 import TorchFM0
 
-from semfuse_jax import files, fusion, weights
+from semfuse_jax import files, fusion
+from semfuse_jax.models import vgg19
 from semfuse_jax.optimise import Schedule
 
 _DATA = flags.DEFINE_string("data", "../shared/data", "Shared data folder.")
@@ -87,7 +88,7 @@ def jax_case(w, images: np.ndarray, method: str, steps: int, unroll: int = 1) ->
 
 def main(argv: Sequence[str]) -> None:
     del argv
-    w = weights.load_weights(_WEIGHTS.value)
+    w = vgg19.load_weights(_WEIGHTS.value)
     peak = peak_gflops()
     rows: list[dict] = []
     torch_available = _TORCH.value

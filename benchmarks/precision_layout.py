@@ -23,7 +23,8 @@ import numpy as np
 from absl import app, flags
 from tables import save
 
-from semfuse_jax import files, fusion, metrics, weights
+from semfuse_jax import files, fusion, metrics
+from semfuse_jax.models import vgg19
 from semfuse_jax.optimise import Schedule
 
 _DATA = flags.DEFINE_string("data", "../shared/data", "Shared data folder.")
@@ -66,7 +67,7 @@ def layout_step_seconds(layout: str, batch: int, size: int, repeats: int = 20) -
 
 def main(argv: Sequence[str]) -> None:
     del argv
-    w = weights.load_weights(_WEIGHTS.value)
+    w = vgg19.load_weights(_WEIGHTS.value)
     precision = []
     for label, (folder, a, b) in PAIRS.items():
         root = Path(_DATA.value) / folder

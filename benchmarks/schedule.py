@@ -19,7 +19,8 @@ import numpy as np
 from absl import app, flags
 from tables import save
 
-from semfuse_jax import files, fusion, weights
+from semfuse_jax import files, fusion
+from semfuse_jax.models import vgg19
 from semfuse_jax.optimise import Schedule
 from semfuse_jax.synthetic import multifocus_set
 
@@ -48,7 +49,7 @@ CROPS = [
 
 def main(argv: Sequence[str]) -> None:
     del argv
-    w = weights.load_weights(_WEIGHTS.value)
+    w = vgg19.load_weights(_WEIGHTS.value)
     n = _SIZE.value
     sharp = []
     for rel, top, left in CROPS:

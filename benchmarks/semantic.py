@@ -38,10 +38,11 @@ from absl import app, flags
 from PIL import Image
 from tables import save
 
-from semfuse_jax import cam, classifier, efficientnet, files, fusion, judge, weights
+from semfuse_jax import cam, classifier, files, fusion, judge
 from semfuse_jax.figure import contact_sheet
+from semfuse_jax.models import efficientnet, vgg19
+from semfuse_jax.models.vgg19 import TORCHVISION_PREPROCESSING, preprocess
 from semfuse_jax.optimise import FAST
-from semfuse_jax.weights import TORCHVISION_PREPROCESSING, preprocess
 
 _DATA = flags.DEFINE_string("data", "../shared/data", "Shared data folder.")
 _WEIGHTS = flags.DEFINE_string("weights", None, "VGG19 weights for FM2/FM4 (default: built in).")
@@ -108,7 +109,7 @@ def label_of(probabilities: np.ndarray) -> tuple[str, float]:
 
 
 def part_preprocessing(lite0, shots: dict[str, np.ndarray]) -> None:
-    from semfuse_jax import torch_file
+    from semfuse_jax.models import torch_file
 
     state = torch_file.load_state_dict(efficientnet.package_file("efficientnet_lite0"))
     kernel = jnp.asarray(state["_conv_stem.weight"].transpose(2, 3, 1, 0))
@@ -346,7 +347,7 @@ def main(argv: Sequence[str]) -> None:
     del argv
     shots = photos(_SIZE.value)
     lite0 = efficientnet.load("efficientnet_lite0")
-    vgg = weights.load_weights(_WEIGHTS.value)
+    vgg = vgg19.load_weights(_WEIGHTS.value)
     parts = set(_PARTS.value)
     if "preprocessing" in parts:
         part_preprocessing(lite0, shots)

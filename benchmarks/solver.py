@@ -18,7 +18,8 @@ import numpy as np
 from absl import app, flags
 from tables import save
 
-from semfuse_jax import files, fusion, weights
+from semfuse_jax import files, fusion
+from semfuse_jax.models import vgg19
 
 _DATA = flags.DEFINE_string("data", "../shared/data", "Shared data folder.")
 _WEIGHTS = flags.DEFINE_string("weights", None, "VGG19 weights (conv1_1 is enough).")
@@ -30,7 +31,7 @@ _SETS = flags.DEFINE_list(
 
 def main(argv: Sequence[str]) -> None:
     del argv
-    w = weights.load_weights(_WEIGHTS.value)
+    w = vgg19.load_weights(_WEIGHTS.value)
     rows = []
     for name in _SETS.value:
         folder = Path(_DATA.value) / name

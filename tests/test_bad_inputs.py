@@ -55,7 +55,7 @@ def files(tmp_path_factory, real_weights_file) -> Path:
     frames = [Image.fromarray(rng.integers(0, 256, (32, 40), dtype=np.uint8)) for _ in range(2)]
     frames[0].save(d / "animated.gif", save_all=True, append_images=frames[1:])
     (d / "loop.png").symlink_to(d / "loop.png")
-    from semfuse_jax import weights as weights_module
+    from semfuse_jax.models import vgg19 as weights_module
 
     params, _, _ = weights_module.read_any(real_weights_file)
     weights_module.save_canonical(

@@ -11,12 +11,13 @@ import numpy as np
 import pytest
 from conftest import needs_torch, rel_err, torch
 
-from semfuse_jax import cam, weights
+from semfuse_jax import cam
+from semfuse_jax.models import vgg19
 
 RELU_INDEX = {"conv3_4": 17, "conv4_4": 26, "conv5_4": 35}  # torchvision features.N after the conv
 
 
-def _float64(w: weights.Weights) -> weights.Weights:
+def _float64(w: vgg19.Weights) -> vgg19.Weights:
     """The same weights as float64 arrays (call with x64 enabled)."""
     return dataclasses.replace(
         w, params=jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), w.params)
@@ -57,7 +58,7 @@ def test_grad_cam_matches_torch_on_every_layer(torch_vgg19, full_weights, top_k)
     either framework occasionally land on the other side of a kink (~1e-3 apart)."""
     rng = np.random.default_rng(top_k)
     images = rng.uniform(size=(2, 96, 128, 3))
-    prep = weights.TORCHVISION_PREPROCESSING
+    prep = vgg19.TORCHVISION_PREPROCESSING
     x = (images - np.array(prep.mean)) / np.array(prep.std)
     with jax.enable_x64(True):
         w64 = _float64(full_weights)

@@ -17,8 +17,9 @@ import pytest
 from conftest import needs_torch, torch
 from PIL import Image
 
-from semfuse_jax import cam, classifier, efficientnet, fusion, torch_file
+from semfuse_jax import cam, classifier, fusion
 from semfuse_jax.errors import SemfuseError
+from semfuse_jax.models import efficientnet, torch_file
 
 REFERENCE_CLASSES = {
     "gradcam": "GradCAM",

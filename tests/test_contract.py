@@ -18,9 +18,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from semfuse_jax import cam, classifier, efficientnet, fusion, methods, metrics, regions, runs
+from semfuse_jax import cam, classifier, fusion, methods, metrics, regions, runs
 from semfuse_jax.cli import options
-from semfuse_jax.models import Models
+from semfuse_jax.models import Models, efficientnet
 from semfuse_jax.optimise import Schedule
 from semfuse_jax.synthetic import multifocus_set
 

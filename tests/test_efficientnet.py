@@ -13,8 +13,9 @@ import pytest
 from conftest import needs_torch, rel_err, torch
 from PIL import Image
 
-from semfuse_jax import cam, classifier, efficientnet, torch_file
+from semfuse_jax import cam, classifier
 from semfuse_jax.errors import SemfuseError
+from semfuse_jax.models import efficientnet, torch_file
 
 if torch is not None:  # the independent reference model
     from torch_lite import TorchLite0, random_state
@@ -112,7 +113,7 @@ def test_preprocessing_matches_the_first_batch_norm_statistics(lite0_state, phot
     """The scaling these weights expect: the stem's output statistics on real photos are closer
     to the stored running statistics of its batch norm with (x − 127)/128 than with ImageNet
     mean/std (the measurement benchmarks/semantic.py reports)."""
-    from semfuse_jax.weights import TORCHVISION_PREPROCESSING, preprocess
+    from semfuse_jax.models.vgg19 import TORCHVISION_PREPROCESSING, preprocess
 
     kernel = jnp.asarray(lite0_state["_conv_stem.weight"].transpose(2, 3, 1, 0))
     running_var = lite0_state["_bn0.running_var"]

@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 from conftest import run_tool_cases
 
-from semfuse_jax import torch_file, weights
 from semfuse_jax.errors import SemfuseError
+from semfuse_jax.models import torch_file, vgg19
 
 # ----------------------------------------------------------------------------- .pth by opcode
 
@@ -273,7 +273,7 @@ def _h5(path: Path, kernel: dict, names: int = 1) -> Path:
 
 def _h5_cases(d: Path) -> list[tuple[Path, str]]:
     good = _h5(d / "h5_good.h5", {"data": np.zeros((3, 3, 3, 64), np.float32)})
-    assert list(weights.read_any(good)[0]) == ["conv1_1"]  # the positive control
+    assert list(vgg19.read_any(good)[0]) == ["conv1_1"]  # the positive control
     return [
         (_made(d / "h5_truncated.h5", lambda p: p.write_bytes(good.read_bytes()[:1500])), "HDF5"),
         (
@@ -314,7 +314,7 @@ def test_every_hostile_file_is_refused_in_memory_bounded_by_its_size(hostile):
     for path, needle in hostile:
         tracemalloc.start()
         try:
-            weights.read_any(path)
+            vgg19.read_any(path)
         except SemfuseError as exc:
             message = str(exc)
         else:

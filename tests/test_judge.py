@@ -12,8 +12,9 @@ import pytest
 from conftest import run_tool, run_tool_cases
 from PIL import Image
 
-from semfuse_jax import classifier, efficientnet, files, fusion, judge, tables
+from semfuse_jax import classifier, files, fusion, judge, tables
 from semfuse_jax.errors import SemfuseError
+from semfuse_jax.models import efficientnet
 
 
 def test_retention_by_hand():

@@ -10,21 +10,22 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from semfuse_jax import fusion, optimise, weights
+from semfuse_jax import fusion, optimise
 from semfuse_jax.errors import SemfuseError
+from semfuse_jax.models import vgg19
 from semfuse_jax.optimise import Schedule
 
 
-def _conv1_1(real_weights: weights.Weights, prep: str) -> weights.Weights:
+def _conv1_1(real_weights: vgg19.Weights, prep: str) -> vgg19.Weights:
     layer = {"conv1_1": real_weights.params["conv1_1"]}
     chosen = {
-        "keras": weights.CAFFE_PREPROCESSING,
-        "torchvision": weights.TORCHVISION_PREPROCESSING,
+        "keras": vgg19.CAFFE_PREPROCESSING,
+        "torchvision": vgg19.TORCHVISION_PREPROCESSING,
     }
     return dataclasses.replace(real_weights, params=layer, preprocessing=chosen[prep])
 
 
-def _problem(w: weights.Weights, shape: tuple[int, ...], seed: int):
+def _problem(w: vgg19.Weights, shape: tuple[int, ...], seed: int):
     """A target from a random image's features plus noise, and a random point."""
     rng = np.random.default_rng(seed)
     source = jnp.asarray(rng.uniform(size=shape), jnp.float32)

@@ -10,7 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from semfuse_jax import baselines, classifier, efficientnet, fusion, pyramid, regions
+from semfuse_jax import baselines, classifier, fusion, pyramid, regions
+from semfuse_jax.models import efficientnet
 from semfuse_jax.synthetic import gaussian_blur, multifocus_set
 
 SMALL = regions.RegionParams(biases=(0.3,), directions=2, offsets=(0.0,), ramp=0.4, zooms=(0.75,))

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from semfuse_jax import cam, classifier, efficientnet, fusion, methods, pyramid
+from semfuse_jax import cam, classifier, fusion, methods, pyramid
+from semfuse_jax.models import efficientnet
 
 
 def test_semantic_blend_takes_each_pixel_from_the_input_with_the_higher_map():

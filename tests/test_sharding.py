@@ -19,12 +19,13 @@ SCRIPT = textwrap.dedent(
     import sys
     import jax
     import numpy as np
-    from semfuse_jax import fusion, weights
+    from semfuse_jax import fusion
+    from semfuse_jax.models import vgg19
     from semfuse_jax.optimise import Schedule
 
     assert jax.local_device_count() == 4, jax.devices()
     sets = np.load(sys.argv[1])
-    w = weights.load_weights(sys.argv[2])
+    w = vgg19.load_weights(sys.argv[2])
     out = {}
     for method in sys.argv[4].split(","):
         config = fusion.FusionConfig(method=method, schedule=Schedule(epochs=2, iters=5))

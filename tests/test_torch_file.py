@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from conftest import needs_torch, torch
 
-from semfuse_jax import torch_file
 from semfuse_jax.errors import SemfuseError
+from semfuse_jax.models import torch_file
 
 
 def _tensors() -> dict:

@@ -10,8 +10,8 @@ import pytest
 from conftest import needs_torch, rel_err, torch
 from PIL import Image
 
-from semfuse_jax import vgg19, weights
 from semfuse_jax.errors import MissingLayersError, SemfuseError
+from semfuse_jax.models import vgg19
 
 TORCH_CONV_INDEX = (0, 2, 5, 7, 10, 12, 14, 16, 19, 21, 23, 25, 28, 30, 32, 34)
 
@@ -49,8 +49,8 @@ def _flax_outputs(params, network_input) -> dict[str, np.ndarray]:
 def test_torchvision_import_matches_torch_on_every_conv_and_logits(
     pth_file, torch_outputs, network_input
 ):
-    loaded = weights.load_weights(pth_file)
-    assert loaded.preprocessing == weights.TORCHVISION_PREPROCESSING
+    loaded = vgg19.load_weights(pth_file)
+    assert loaded.preprocessing == vgg19.TORCHVISION_PREPROCESSING
     ours = _flax_outputs(loaded.params, network_input)
     for name, expected in torch_outputs.items():
         assert ours[name].shape == expected.shape, name
@@ -74,8 +74,8 @@ def test_timm_safetensors_import_matches_torch(torch_state, torch_outputs, netwo
 
     path = tmp_path / "vgg19.tv_in1k-random.safetensors"
     save_file(_timm_state(torch_state), path)
-    loaded = weights.load_weights(path)
-    assert loaded.preprocessing == weights.TORCHVISION_PREPROCESSING
+    loaded = vgg19.load_weights(path)
+    assert loaded.preprocessing == vgg19.TORCHVISION_PREPROCESSING
     ours = _flax_outputs(loaded.params, network_input)
     assert rel_err(ours["logits"], torch_outputs["logits"]) < 1e-4
     assert rel_err(ours["conv5_4"], torch_outputs["conv5_4"]) < 1e-4
@@ -121,8 +121,8 @@ def write_keras_h5(path, torch_state: dict[str, np.ndarray], with_top: bool = Tr
 def test_keras_h5_import_matches_torch(torch_state, torch_outputs, network_input, tmp_path):
     path = tmp_path / "vgg19_random_keras.h5"
     write_keras_h5(path, torch_state)
-    loaded = weights.load_weights(path)
-    assert loaded.preprocessing == weights.CAFFE_PREPROCESSING
+    loaded = vgg19.load_weights(path)
+    assert loaded.preprocessing == vgg19.CAFFE_PREPROCESSING
     ours = _flax_outputs(loaded.params, network_input)
     assert rel_err(ours["logits"], torch_outputs["logits"]) < 1e-4
     assert rel_err(ours["conv1_1"], torch_outputs["conv1_1"]) < 1e-4

@@ -15,21 +15,21 @@ import numpy as np
 import pytest
 from conftest import assert_trees_all_close
 
-from semfuse_jax import vgg19, weightfiles, weights
 from semfuse_jax.errors import SemfuseError
+from semfuse_jax.models import checkpoints, vgg19
 
 
 def test_canonical_round_trip_keeps_params_preprocessing_and_provenance(
     pth_file, full_weights_file, torch_state
 ):
-    info = weights.describe(full_weights_file)
-    assert info["format"] == weights.FORMAT
+    info = vgg19.describe(full_weights_file)
+    assert info["format"] == vgg19.FORMAT
     assert info["layers"].split(",") == list(vgg19.PARAM_LAYERS)
     assert info["missing"] == ""
-    assert info["source_sha256"] == weightfiles.file_digests(pth_file)["sha256"]
-    loaded = weights.load_weights(full_weights_file)
-    assert loaded.preprocessing == weights.TORCHVISION_PREPROCESSING
-    direct = weights.from_torchvision(torch_state)  # the .pth's tensors, converted in memory
+    assert info["source_sha256"] == checkpoints.file_digests(pth_file)["sha256"]
+    loaded = vgg19.load_weights(full_weights_file)
+    assert loaded.preprocessing == vgg19.TORCHVISION_PREPROCESSING
+    direct = vgg19.from_torchvision(torch_state)  # the .pth's tensors, converted in memory
     assert_trees_all_close(loaded.params, direct, rtol=0, atol=0)
     # fc6: torch column c*49 + h*7 + w must land on our row (h*7 + w)*512 + c.
     fc6 = np.asarray(loaded.params["fc6"]["kernel"])
@@ -41,27 +41,27 @@ def test_canonical_round_trip_keeps_params_preprocessing_and_provenance(
 
 def test_real_partial_file_converts_and_keeps_caffe_preprocessing(real_weights_file, tmp_path):
     out = tmp_path / "block1-3.safetensors"
-    info = weights.convert(real_weights_file, out)
+    info = vgg19.convert(real_weights_file, out)
     assert info["layers"] == ",".join(vgg19.CONV_LAYERS[:8])
     assert json.loads(info["preprocessing"])["channel_order"] == "BGR"
-    assert info["source_sha256"] == weightfiles.manifest()["keras_block1-3"]["sha256"]
-    loaded = weights.load_weights(out, outputs=("conv3_4",))
-    assert loaded.preprocessing == weights.CAFFE_PREPROCESSING
+    assert info["source_sha256"] == checkpoints.manifest()["keras_block1-3"]["sha256"]
+    loaded = vgg19.load_weights(out, outputs=("conv3_4",))
+    assert loaded.preprocessing == vgg19.CAFFE_PREPROCESSING
 
 
 def test_corrupted_canonical_file_is_refused(real_weights_file, tmp_path):
     out = tmp_path / "w.safetensors"
-    weights.convert(real_weights_file, out)
+    vgg19.convert(real_weights_file, out)
     data = bytearray(out.read_bytes())
     data[-100] ^= 0xFF  # flip bits inside the tensor data
     bad = tmp_path / "flipped.safetensors"
     bad.write_bytes(bytes(data))
     with pytest.raises(SemfuseError, match="content_sha256"):
-        weights.load_weights(bad)
+        vgg19.load_weights(bad)
     truncated = tmp_path / "truncated.safetensors"
     truncated.write_bytes(out.read_bytes()[:5000])
     with pytest.raises(SemfuseError, match="unreadable safetensors"):
-        weights.load_weights(truncated)
+        vgg19.load_weights(truncated)
 
 
 def test_known_source_with_wrong_checksum_is_refused(real_weights_file, tmp_path):
@@ -70,9 +70,9 @@ def test_known_source_with_wrong_checksum_is_refused(real_weights_file, tmp_path
     bad = tmp_path / real_weights_file.name  # same name as the manifest entry
     bad.write_bytes(bytes(data))
     with pytest.raises(SemfuseError, match="does not match the pinned"):
-        weights.load_weights(bad)
+        vgg19.load_weights(bad)
     with pytest.raises(SemfuseError, match="is not the expected"):
-        weights.load_weights(real_weights_file, expected_sha256="0" * 64)
+        vgg19.load_weights(real_weights_file, expected_sha256="0" * 64)
 
 
 @pytest.mark.parametrize(
@@ -88,7 +88,7 @@ def test_unreadable_files_are_refused_with_one_line(tmp_path, content, match):
     path = tmp_path / "weights.bin"
     path.write_bytes(content)
     with pytest.raises(SemfuseError, match=match) as info:
-        weights.load_weights(path)
+        vgg19.load_weights(path)
     assert "\n" not in str(info.value)
 
 
@@ -106,14 +106,14 @@ def test_pickle_payload_in_pth_is_refused_without_running(tmp_path):
     with open(path, "wb") as f:
         pickle.dump({"features.0.weight": _Payload(marker)}, f, protocol=2)
     with pytest.raises(SemfuseError, match="refused or unreadable"):
-        weights.load_weights(path)
+        vgg19.load_weights(path)
     assert not marker.exists()
 
 
 def test_pth_loads_without_torch(pth_file, torch_state, monkeypatch):
     monkeypatch.setitem(sys.modules, "torch", None)  # any import of torch would now fail
-    loaded = weights.load_weights(pth_file)
-    expected = weights.from_torchvision(torch_state)
+    loaded = vgg19.load_weights(pth_file)
+    expected = vgg19.from_torchvision(torch_state)
     for layer in ("conv1_1", "conv5_4", "fc6", "fc8"):
         np.testing.assert_array_equal(
             np.asarray(loaded.params[layer]["kernel"]), expected[layer]["kernel"]
@@ -122,80 +122,80 @@ def test_pth_loads_without_torch(pth_file, torch_state, monkeypatch):
 
 def test_wrong_shapes_dtypes_and_keys_name_the_layer(torch_state):
     state = {k: v for k, v in torch_state.items() if k.startswith("features.0.")}
-    assert set(weights.from_torchvision(state)) == {"conv1_1"}
+    assert set(vgg19.from_torchvision(state)) == {"conv1_1"}
     bad = dict(state, **{"features.0.weight": state["features.0.weight"][:32]})
     with pytest.raises(SemfuseError, match=r"conv1_1 kernel has shape \(3, 3, 3, 32\)"):
-        weights.from_torchvision(bad)
+        vgg19.from_torchvision(bad)
     bad = dict(state, **{"features.0.bias": state["features.0.bias"].astype(np.int32)})
     with pytest.raises(SemfuseError, match="conv1_1 bias has dtype int32"):
-        weights.from_torchvision(bad)
+        vgg19.from_torchvision(bad)
     bad = dict(state, **{"features.1.running_mean": np.zeros(64, np.float32)})
     with pytest.raises(SemfuseError, match="unexpected keys"):
-        weights.from_torchvision(bad)
+        vgg19.from_torchvision(bad)
     bad = dict(state, **{"features.0.weight": np.full_like(state["features.0.weight"], np.nan)})
     with pytest.raises(SemfuseError, match="NaN"):
-        weights.from_torchvision(bad)
+        vgg19.from_torchvision(bad)
 
 
 def test_weights_path_resolution(real_weights_file, tmp_path, monkeypatch):
     monkeypatch.setenv("SEMFUSE_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("SEMFUSE_WEIGHTS", raising=False)
-    assert weights.resolve_path() == weights.BUILTIN_FILE  # nothing else: the built-in conv1_1
-    builtin = weights.load_weights()
+    assert vgg19.resolve_path() == vgg19.BUILTIN_FILE  # nothing else: the built-in conv1_1
+    builtin = vgg19.load_weights()
     assert builtin.layers == ("conv1_1",)
     monkeypatch.setenv("SEMFUSE_WEIGHTS", str(real_weights_file))
-    assert weights.resolve_path() == real_weights_file
+    assert vgg19.resolve_path() == real_weights_file
     with pytest.raises(SemfuseError, match="does not exist"):
-        weights.resolve_path(tmp_path / "missing.h5")
+        vgg19.resolve_path(tmp_path / "missing.h5")
     monkeypatch.delenv("SEMFUSE_WEIGHTS")
     (tmp_path / "cache").mkdir()
-    weights.convert(real_weights_file, tmp_path / "cache" / weights.DEFAULT_FILENAME)
-    assert weights.load_weights().layers == vgg19.CONV_LAYERS[:8]
+    vgg19.convert(real_weights_file, tmp_path / "cache" / vgg19.DEFAULT_FILENAME)
+    assert vgg19.load_weights().layers == vgg19.CONV_LAYERS[:8]
 
 
 def test_builtin_conv1_1_is_the_imagenet_layer_with_attribution(real_weights):
     """The package's built-in layer equals conv1_1 of the shared Keras release, bit for bit."""
-    builtin = weights.load_weights(weights.BUILTIN_FILE)
+    builtin = vgg19.load_weights(vgg19.BUILTIN_FILE)
     assert builtin.layers == ("conv1_1",)
-    assert builtin.preprocessing == weights.CAFFE_PREPROCESSING
+    assert builtin.preprocessing == vgg19.CAFFE_PREPROCESSING
     for part in ("kernel", "bias"):
         np.testing.assert_array_equal(
             np.asarray(builtin.params["conv1_1"][part]),
             np.asarray(real_weights.params["conv1_1"][part]),
         )
-    _, meta = weightfiles.read_safetensors(weights.BUILTIN_FILE)
+    _, meta = checkpoints.read_safetensors(vgg19.BUILTIN_FILE)
     assert meta["license"] == "CC BY 4.0" and "Simonyan" in meta["attribution"]
-    assert meta["source_sha256"] == weightfiles.manifest()["keras_block1-3"]["sha256"]
+    assert meta["source_sha256"] == checkpoints.manifest()["keras_block1-3"]["sha256"]
 
 
 def _fake_manifest(monkeypatch, entry: dict) -> None:
-    real = weightfiles.manifest()
-    monkeypatch.setattr(weights, "manifest", lambda: {**real, "test_source": entry})
+    real = checkpoints.manifest()
+    monkeypatch.setattr(vgg19, "manifest", lambda: {**real, "test_source": entry})
 
 
 def test_download_verifies_and_converts(real_weights_file, tmp_path, monkeypatch):
     entry = {
         "url": real_weights_file.resolve().as_uri(),
         "filename": "downloaded.h5",
-        "sha256": weightfiles.file_digests(real_weights_file)["sha256"],
+        "sha256": checkpoints.file_digests(real_weights_file)["sha256"],
     }
     _fake_manifest(monkeypatch, entry)
-    out = weights.download("test_source", tmp_path)
-    assert out == tmp_path / weights.DEFAULT_FILENAME
+    out = vgg19.download("test_source", tmp_path)
+    assert out == tmp_path / vgg19.DEFAULT_FILENAME
     assert (tmp_path / "sources" / "downloaded.h5").is_file()
-    assert weights.load_weights(out).layers == vgg19.CONV_LAYERS[:8]
+    assert vgg19.load_weights(out).layers == vgg19.CONV_LAYERS[:8]
 
     _fake_manifest(monkeypatch, {**entry, "filename": "other.h5", "sha256": "1" * 64})
     with pytest.raises(SemfuseError, match="does not match the pinned"):
-        weights.download("test_source", tmp_path / "second")
-    assert not (tmp_path / "second" / weights.DEFAULT_FILENAME).exists()
+        vgg19.download("test_source", tmp_path / "second")
+    assert not (tmp_path / "second" / vgg19.DEFAULT_FILENAME).exists()
 
 
 def test_download_offline_says_which_file_to_place_where(tmp_path, monkeypatch):
     entry = {"url": "http://127.0.0.1:9/vgg19.pth", "filename": "vgg19.pth", "md5": "0" * 32}
     _fake_manifest(monkeypatch, entry)
     with pytest.raises(SemfuseError) as info:
-        weights.download("test_source", tmp_path)
+        vgg19.download("test_source", tmp_path)
     message = str(info.value)
     assert "http://127.0.0.1:9/vgg19.pth" in message
     assert str(tmp_path / "sources" / "vgg19.pth") in message
@@ -205,7 +205,7 @@ def test_download_offline_says_which_file_to_place_where(tmp_path, monkeypatch):
 def test_download_of_unpinned_source_needs_trust(tmp_path, monkeypatch):
     _fake_manifest(monkeypatch, {"url": "http://127.0.0.1:9/x", "filename": "x.safetensors"})
     with pytest.raises(SemfuseError, match="trust_unpinned"):
-        weights.download("test_source", tmp_path)
+        vgg19.download("test_source", tmp_path)
 
 
 def _tool(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -237,7 +237,7 @@ def test_weights_tool_info_convert_and_offline_download(real_weights_file, tmp_p
     shutil.copy(real_weights_file, place)
     done = _tool("download", "--source=keras_block1-3", f"--cache_dir={cache}", "--json")
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout)["path"] == str(cache / weights.DEFAULT_FILENAME)
+    assert json.loads(done.stdout)["path"] == str(cache / vgg19.DEFAULT_FILENAME)
 
 
 def test_weights_tool_bad_input_is_one_line(tmp_path):
@@ -253,8 +253,8 @@ def test_features_match_between_weights_and_vgg19_apply(real_weights):
     x = jnp.linspace(0, 1, 2 * 10 * 12 * 3).reshape(2, 10, 12, 3)
     via_weights = real_weights.features(x, ("conv2_1",))["conv2_1"]
     by_hand = vgg19.apply(
-        real_weights.params, weightfiles.preprocess(x, weights.CAFFE_PREPROCESSING), ("conv2_1",)
+        real_weights.params, checkpoints.preprocess(x, vgg19.CAFFE_PREPROCESSING), ("conv2_1",)
     )["conv2_1"]
     np.testing.assert_array_equal(np.asarray(via_weights), np.asarray(by_hand))
-    bgr = weightfiles.preprocess(x, weights.CAFFE_PREPROCESSING)
+    bgr = checkpoints.preprocess(x, vgg19.CAFFE_PREPROCESSING)
     np.testing.assert_allclose(bgr[..., 0], x[..., 2] * 255 - 103.939, rtol=1e-6, atol=1e-4)

@@ -13,27 +13,27 @@ from pathlib import Path
 
 from absl import app, flags
 
-from semfuse_jax import weightfiles, weights
+from semfuse_jax.models import checkpoints, vgg19
 
 _SRC = flags.DEFINE_string("src", None, "The Keras VGG19 blocks 1-3 .h5 extract.", required=True)
 
 
 def main(argv: list[str]) -> None:
     src = Path(_SRC.value)
-    entry = weightfiles.manifest()["keras_block1-3"]
-    digest = weightfiles.file_digests(src)["sha256"]
+    entry = checkpoints.manifest()["keras_block1-3"]
+    digest = checkpoints.file_digests(src)["sha256"]
     if digest != entry["sha256"]:
         raise SystemExit(f"{src}: sha256 {digest} is not the pinned {entry['sha256']}")
-    params, prep, _ = weights.read_any(src)
-    weights.save_canonical(
-        weights.BUILTIN_FILE,
+    params, prep, _ = vgg19.read_any(src)
+    vgg19.save_canonical(
+        vgg19.BUILTIN_FILE,
         {"conv1_1": params["conv1_1"]},
         prep,
         f"keras_block1-3:{src.name} (conv1_1 only)",
         digest,
-        extra={"license": "CC BY 4.0", "attribution": weights.BUILTIN_ATTRIBUTION},
+        extra={"license": "CC BY 4.0", "attribution": vgg19.BUILTIN_ATTRIBUTION},
     )
-    print(weights.describe(weights.BUILTIN_FILE))
+    print(vgg19.describe(vgg19.BUILTIN_FILE))
 
 
 if __name__ == "__main__":

@@ -75,11 +75,11 @@ def _exit_now(status: int) -> None:
 
 
 def use_compilation_cache() -> None:
-    """JAX's persistent compilation cache in ``<cache>/xla`` (``weightfiles.cache_dir``), so that a
+    """JAX's persistent compilation cache in ``<cache>/xla`` (``checkpoints.cache_dir``), so that a
     second run of a tool with the same shapes and settings compiles nothing."""
     import jax
 
-    from semfuse_jax.weightfiles import cache_dir
+    from semfuse_jax.models.checkpoints import cache_dir
 
     jax.config.update("jax_compilation_cache_dir", str(cache_dir() / "xla"))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)

@@ -22,9 +22,10 @@ from pathlib import Path
 
 from absl import flags
 
-from semfuse_jax import classifier, files, fusion, judge, methods, metrics, tables, weights
+from semfuse_jax import classifier, files, fusion, judge, methods, metrics, tables
 from semfuse_jax.cli import options, run_guarded
 from semfuse_jax.errors import SemfuseError
+from semfuse_jax.models import vgg19
 
 _INPUTS = flags.DEFINE_list("inputs", None, "Score mode: the input images.")
 _FUSED = flags.DEFINE_string("fused", None, "Score mode: the fused image.")
@@ -53,7 +54,7 @@ def cam_classifier() -> str | None:
     else:
         return None
     return classifier.resolve(
-        name, weights.load_weights(options.WEIGHTS.value) if name == "auto" else None
+        name, vgg19.load_weights(options.WEIGHTS.value) if name == "auto" else None
     )
 
 
@@ -68,9 +69,7 @@ def score_one() -> int:
         judge.check_independent(
             options.JUDGE.value, [cams] if cams else [], options.ALLOW_SAME_JUDGE.value
         )
-        vgg = (
-            weights.load_weights(options.WEIGHTS.value) if options.JUDGE.value == "vgg19" else None
-        )
+        vgg = vgg19.load_weights(options.WEIGHTS.value) if options.JUDGE.value == "vgg19" else None
         network = classifier.load(options.JUDGE.value, vgg)
         semantic = judge.scores(network, inputs[None], fused[None])[0]
         semantic["networks"] = {"cam": cams, "judge": options.JUDGE.value}

@@ -15,9 +15,9 @@ from pathlib import Path
 
 from absl import flags
 
-from semfuse_jax import weightfiles, weights
 from semfuse_jax.cli import run_guarded
 from semfuse_jax.errors import SemfuseError
+from semfuse_jax.models import checkpoints, vgg19
 
 _PATH = flags.DEFINE_string("path", None, "info: weights file (default: what fuse would use).")
 _SRC = flags.DEFINE_string("src", None, "convert: a .pth, .h5 or .safetensors VGG19 weights file.")
@@ -44,24 +44,24 @@ def main(argv: Sequence[str]) -> int:
         raise SemfuseError(f"give one command: {' | '.join(COMMANDS)} (see --help)")
     command = argv[1]
     if command == "list":
-        sources = weightfiles.manifest()
+        sources = checkpoints.manifest()
         if _JSON.value:
             print(json.dumps(sources, indent=2))
         else:
             for name, entry in sources.items():
                 url = entry["url"] or "(no public URL)"
                 print(f"{name:15s} {entry['layers']:18s} {entry['format']:17s} {url}")
-            print(f"cache: {weightfiles.cache_dir()}")
+            print(f"cache: {checkpoints.cache_dir()}")
     elif command == "info":
-        _print(weights.describe(weights.resolve_path(_PATH.value)))
+        _print(vgg19.describe(vgg19.resolve_path(_PATH.value)))
     elif command == "convert":
         if not _SRC.value or not _OUT.value:
             raise SemfuseError("convert needs --src and --out")
-        _print(weights.convert(_SRC.value, _OUT.value, _OVERWRITE.value))
+        _print(vgg19.convert(_SRC.value, _OUT.value, _OVERWRITE.value))
     else:
         cache = Path(_CACHE_DIR.value) if _CACHE_DIR.value else None
-        out = weights.download(_SOURCE.value, cache, _TRUST.value)
-        _print(weights.describe(out))
+        out = vgg19.download(_SOURCE.value, cache, _TRUST.value)
+        _print(vgg19.describe(out))
     return 0
 
 

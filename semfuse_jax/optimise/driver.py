@@ -26,6 +26,7 @@ from jax.sharding import Mesh
 
 from semfuse_jax import sharding
 from semfuse_jax.errors import SemfuseError
+from semfuse_jax.models.vgg19 import Weights
 from semfuse_jax.optimise.objectives import (
     EdgeObjective,
     NetworkObjective,
@@ -37,7 +38,6 @@ from semfuse_jax.optimise.objectives import (
     quadratic_objective,
 )
 from semfuse_jax.optimise.solver import UNIT_BOX, Bounds, Schedule, improves, optimizer, run_steps
-from semfuse_jax.weights import Weights
 
 BATCHING: tuple[str, ...] = ("auto", "vmap", "map")
 Progress = Callable[[int, int, np.ndarray, float], None]

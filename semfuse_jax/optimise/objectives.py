@@ -29,7 +29,7 @@ import numpy as np
 
 from semfuse_jax import metrics
 from semfuse_jax.errors import SemfuseError
-from semfuse_jax.weights import Weights
+from semfuse_jax.models.vgg19 import Weights
 
 Targets = Mapping[str, jax.Array]
 GRADIENTS: tuple[str, ...] = ("auto", "quadratic", "network")

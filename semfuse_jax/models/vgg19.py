@@ -1,15 +1,29 @@
-"""VGG19 weights: import from torchvision, timm and Keras files, one canonical file, loading.
+"""VGG19 (configuration E of Simonyan & Zisserman) as a pure Flax module over an explicit pytree.
+
+Layout: NHWC activations, HWIO conv kernels, ``[in, out]`` dense kernels. ``fc6``'s kernel rows
+are in NHWC flatten order, ``(h * 7 + w) * 512 + c``. The classifier sees torchvision's adaptive
+7×7 average pool, so any input size classifies. Dropout is omitted: the model is inference-only.
+
+Named outputs (any subset can be requested; only the layers up to the deepest one run):
+
+- ``conv{b}_{i}``: convolution output before the ReLU; ``relu{b}_{i}``: after it.
+- ``pool{b}``: output of the 2×2 max-pool closing block ``b``.
+- ``fc6``, ``fc7`` (before their ReLUs) and ``logits`` (fc8, 1000 ImageNet classes).
+
+Its weights (the rest of this module): import from torchvision, timm and Keras files, one
+canonical file, loading.
 
 The canonical file is a safetensors file holding ``<layer>.kernel`` / ``<layer>.bias`` in the
-layout of :mod:`semfuse_jax.vgg19` (HWIO convs, ``[in, out]`` dense kernels, fc6 rows in NHWC
-order) and, in its metadata, the preprocessing the weights were trained with and a SHA-256 of the
+layout of the module above (HWIO convs, ``[in, out]`` dense kernels, fc6 rows in NHWC order)
+and, in its metadata, the preprocessing the weights were trained with and a SHA-256 of the
 tensor contents that is checked on every load.
 
 Imports (all also readable directly by :func:`load_weights`):
 
-- torchvision ``vgg19-*.pth`` state dicts, read without torch by :mod:`semfuse_jax.torch_file`
-  (a whitelisting reader: no pickled code ever runs): conv OIHW → HWIO ``transpose(2, 3, 1,
-  0)``; fc6 columns go from NCHW flatten order ``c·49 + h·7 + w`` to NHWC ``(h·7 + w)·512 + c``.
+- torchvision ``vgg19-*.pth`` state dicts, read without torch by
+  :mod:`semfuse_jax.models.torch_file` (a whitelisting reader: no pickled code ever runs): conv
+  OIHW → HWIO ``transpose(2, 3, 1, 0)``; fc6 columns go from NCHW flatten order
+  ``c·49 + h·7 + w`` to NHWC ``(h·7 + w)·512 + c``.
 - timm ``vgg19.tv_in1k`` safetensors (no torch needed): the same weights with fc6/fc7 stored as
   1×1 / 7×7 convolutions under ``pre_logits`` and fc8 under ``head.fc``.
 - Keras HDF5 weight files (``vgg19_weights_tf_dim_ordering_tf_kernels[_notop].h5``, or any
@@ -22,19 +36,20 @@ from __future__ import annotations
 import os
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from semfuse_jax import torch_file, vgg19
-from semfuse_jax.errors import SemfuseError
-from semfuse_jax.files import atomic_path, check_outputs
-from semfuse_jax.weightfiles import (
+from semfuse_jax import files
+from semfuse_jax.errors import MissingLayersError, SemfuseError
+from semfuse_jax.models import torch_file
+from semfuse_jax.models.checkpoints import (
     Params,
     Preprocessing,
     cache_dir,
@@ -48,17 +63,210 @@ from semfuse_jax.weightfiles import (
     write_safetensors,
 )
 
+BLOCKS: tuple[int, ...] = (2, 2, 4, 4, 4)
+WIDTHS: tuple[int, ...] = (64, 128, 256, 512, 512)
+CONV_LAYERS: tuple[str, ...] = tuple(
+    f"conv{b + 1}_{i + 1}" for b, n in enumerate(BLOCKS) for i in range(n)
+)
+FC_LAYERS: tuple[str, ...] = ("fc6", "fc7", "fc8")
+PARAM_LAYERS: tuple[str, ...] = CONV_LAYERS + FC_LAYERS
+POOL_SIZE = 7
+
+
+def _output_plan() -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """Every output name in network order, with the parameter layers needed to compute it."""
+    plan: list[tuple[str, tuple[str, ...]]] = []
+    needed: list[str] = []
+    for b, n in enumerate(BLOCKS):
+        for i in range(n):
+            needed.append(f"conv{b + 1}_{i + 1}")
+            plan.append((f"conv{b + 1}_{i + 1}", tuple(needed)))
+            plan.append((f"relu{b + 1}_{i + 1}", tuple(needed)))
+        plan.append((f"pool{b + 1}", tuple(needed)))
+    for name, layer in (("fc6", "fc6"), ("fc7", "fc7"), ("logits", "fc8")):
+        needed.append(layer)
+        plan.append((name, tuple(needed)))
+    return tuple(plan)
+
+
+OUTPUT_PLAN = _output_plan()
+OUTPUTS: tuple[str, ...] = tuple(name for name, _ in OUTPUT_PLAN)
+_DEPTH = {name: k for k, (name, _) in enumerate(OUTPUT_PLAN)}
+
+
+def check_outputs(outputs: Sequence[str]) -> tuple[str, ...]:
+    """Validate requested output names; returns them as a tuple (hashable, for ``jit``)."""
+    outputs = tuple(outputs)
+    if not outputs:
+        raise SemfuseError("no VGG19 outputs requested")
+    unknown = [o for o in outputs if o not in _DEPTH]
+    if unknown:
+        raise SemfuseError(
+            f"unknown VGG19 output(s) {', '.join(unknown)}; known: conv1_1..conv5_4, "
+            "relu1_1..relu5_4, pool1..pool5, fc6, fc7, logits"
+        )
+    return outputs
+
+
+def required_layers(outputs: Sequence[str]) -> tuple[str, ...]:
+    """Parameter layers (``conv1_1`` .. ``fc8``) needed to compute ``outputs``."""
+    deepest = max(_DEPTH[o] for o in check_outputs(outputs))
+    return OUTPUT_PLAN[deepest][1]
+
+
+def check_params(params: dict[str, Any], outputs: Sequence[str], source: str = "") -> None:
+    """Raise :class:`MissingLayersError` naming each layer ``outputs`` need but ``params`` lack."""
+    missing = [layer for layer in required_layers(outputs) if layer not in params]
+    if missing:
+        raise MissingLayersError(missing, source or "in use", ", ".join(outputs))
+
+
+def adaptive_avg_pool_matrix(size: int, out: int = POOL_SIZE) -> np.ndarray:
+    """``[out, size]`` averaging matrix with torch ``AdaptiveAvgPool`` bins.
+
+    Bin ``i`` averages input rows ``floor(i * size / out)`` .. ``ceil((i + 1) * size / out) - 1``.
+    """
+    m = np.zeros((out, size), np.float32)
+    for i in range(out):
+        lo, hi = (i * size) // out, -((-(i + 1) * size) // out)
+        m[i, lo:hi] = 1.0 / (hi - lo)
+    return m
+
+
+class VGG19(nn.Module):
+    """VGG19 returning a dict of named activations.
+
+    Attributes:
+      dtype: computation dtype; None (the default) follows the inputs and parameters (float32
+        normally, float64 for float64 inputs and parameters), ``bfloat16`` trades accuracy for
+        speed on accelerators.
+    """
+
+    dtype: Any = None
+
+    @nn.compact
+    def __call__(
+        self,
+        x: jax.Array,
+        outputs: Sequence[str],
+        taps: Mapping[str, jax.Array] | None = None,
+    ) -> dict[str, jax.Array]:
+        """Run the network on a preprocessed batch.
+
+        Args:
+          x: ``[B, H, W, 3]`` network input (already preprocessed, see ``checkpoints.preprocess``).
+          outputs: names to return (see the module docstring).
+          taps: optional ``{name: array}`` added to the named activations as they are computed;
+            the gradient of anything with respect to a zero tap is the gradient with respect to
+            that activation (how Grad-CAM differentiates the class score).
+
+        Returns:
+          ``{name: array}``; conv/relu/pool maps are ``[B, h, w, C]``, fc6/fc7 ``[B, 4096]``,
+          logits ``[B, 1000]``.
+        """
+        wanted = set(check_outputs(outputs))
+        taps = taps or {}
+        result: dict[str, jax.Array] = {}
+
+        def mark(name: str, value: jax.Array) -> jax.Array:
+            if name in taps:
+                value = value + taps[name]
+            if name in wanted:
+                result[name] = value
+            return value
+
+        def done() -> bool:
+            return len(result) == len(wanted)
+
+        if self.dtype is not None:
+            x = x.astype(self.dtype)
+        for b, (n, width) in enumerate(zip(BLOCKS, WIDTHS, strict=True)):
+            for i in range(n):
+                name = f"{b + 1}_{i + 1}"
+                conv = nn.Conv(
+                    width, (3, 3), padding=((1, 1), (1, 1)), dtype=self.dtype, name=f"conv{name}"
+                )
+                x = mark(f"conv{name}", conv(x))
+                if done():
+                    return result
+                x = mark(f"relu{name}", nn.relu(x))
+                if done():
+                    return result
+            x = mark(f"pool{b + 1}", nn.max_pool(x, (2, 2), strides=(2, 2)))
+            if done():
+                return result
+
+        ph = jnp.asarray(adaptive_avg_pool_matrix(x.shape[1]), x.dtype)
+        pw = jnp.asarray(adaptive_avg_pool_matrix(x.shape[2]), x.dtype)
+        x = jnp.einsum("ih,bhwc,jw->bijc", ph, x, pw).reshape(x.shape[0], -1)
+        for name, layer, width in (
+            ("fc6", "fc6", 4096),
+            ("fc7", "fc7", 4096),
+            ("logits", "fc8", 1000),
+        ):
+            if name != "fc6":
+                x = nn.relu(x)
+            x = mark(name, nn.Dense(width, dtype=self.dtype, name=layer)(x))
+            if done():
+                break
+        return result
+
+
+def apply(
+    params: Mapping[str, Any],
+    x: jax.Array,
+    outputs: Sequence[str],
+    taps: Mapping[str, jax.Array] | None = None,
+    dtype: Any = None,
+) -> dict[str, jax.Array]:
+    """Functional forward pass: ``VGG19(dtype).apply({'params': params}, x, outputs, taps)``.
+
+    ``params`` maps layer names to ``{'kernel', 'bias'}``; it may hold only some layers, as long as
+    it holds every layer ``outputs`` need. Wrap in ``jax.jit(..., static_argnames=('outputs',
+    'dtype'))`` or call inside a jitted function.
+    """
+    return VGG19(dtype=dtype).apply({"params": params}, x, tuple(outputs), taps)
+
+
+def init_params(key: jax.Array, layers: Sequence[str] = PARAM_LAYERS) -> dict[str, Any]:
+    """Random parameters in the canonical layout (He-normal kernels, zero biases), for tests.
+
+    Args:
+      key: PRNG key.
+      layers: which parameter layers to create (a partial network is allowed).
+    """
+    shapes: dict[str, tuple[int, ...]] = {}
+    cin = 3
+    for b, n in enumerate(BLOCKS):
+        for i in range(n):
+            shapes[f"conv{b + 1}_{i + 1}"] = (3, 3, cin, WIDTHS[b])
+            cin = WIDTHS[b]
+    shapes.update(fc6=(POOL_SIZE * POOL_SIZE * 512, 4096), fc7=(4096, 4096), fc8=(4096, 1000))
+    params: dict[str, Any] = {}
+    for k, layer in zip(jax.random.split(key, len(PARAM_LAYERS)), PARAM_LAYERS, strict=True):
+        if layer in layers:
+            shape = shapes[layer]
+            fan_in = int(np.prod(shape[:-1]))
+            kernel = jax.random.normal(k, shape, jnp.float32) * np.sqrt(2.0 / fan_in)
+            params[layer] = {"kernel": kernel, "bias": jnp.zeros(shape[-1:], jnp.float32)}
+    return params
+
+
+PARAM_SHAPES: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
+    layer: (tuple(p["kernel"].shape), tuple(p["bias"].shape))
+    for layer, p in jax.eval_shape(lambda: init_params(jax.random.key(0))).items()
+}
+
+
 FORMAT = "semfuse_jax.vgg19/1"
-DEFAULT_FILENAME = "vgg19.safetensors"
+DEFAULT_FILENAME = "safetensors"
 TORCHVISION_FEATURE_INDEX = dict(
-    zip(
-        vgg19.CONV_LAYERS, (0, 2, 5, 7, 10, 12, 14, 16, 19, 21, 23, 25, 28, 30, 32, 34), strict=True
-    )
+    zip(CONV_LAYERS, (0, 2, 5, 7, 10, 12, 14, 16, 19, 21, 23, 25, 28, 30, 32, 34), strict=True)
 )
 TORCHVISION_CLASSIFIER = {"fc6": "classifier.0", "fc7": "classifier.3", "fc8": "classifier.6"}
 TIMM_CLASSIFIER = {"fc6": "pre_logits.fc1", "fc7": "pre_logits.fc2", "fc8": "head.fc"}
 KERAS_NAMES = {
-    **{f"block{c[4]}_conv{c[6]}": c for c in vgg19.CONV_LAYERS},
+    **{f"block{c[4]}_conv{c[6]}": c for c in CONV_LAYERS},
     "fc1": "fc6",
     "fc2": "fc7",
     "predictions": "fc8",
@@ -66,7 +274,7 @@ KERAS_NAMES = {
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 # The package's built-in weights: the ImageNet VGG19 conv1_1 layer (all FM0, FM1 and FM4 need),
 # from the Keras release of the original weights; rebuilt by weights/build_builtin.py.
-BUILTIN_FILE = Path(__file__).resolve().parent / "data" / "vgg19_conv1_1.safetensors"
+BUILTIN_FILE = Path(__file__).resolve().parent.parent / "data" / "vgg19_conv1_1.safetensors"
 BUILTIN_ATTRIBUTION = (
     "VGG19 ImageNet weights by K. Simonyan and A. Zisserman (Visual Geometry Group, University "
     "of Oxford), 'Very Deep Convolutional Networks for Large-Scale Image Recognition', ICLR "
@@ -95,11 +303,11 @@ class Weights:
 
     @property
     def layers(self) -> tuple[str, ...]:
-        return tuple(layer for layer in vgg19.PARAM_LAYERS if layer in self.params)
+        return tuple(layer for layer in PARAM_LAYERS if layer in self.params)
 
     def require(self, outputs: tuple[str, ...]) -> None:
         """Raise ``MissingLayersError`` unless these weights can compute ``outputs``."""
-        vgg19.check_params(self.params, outputs, self.source)
+        check_params(self.params, outputs, self.source)
 
     def features(
         self,
@@ -114,9 +322,7 @@ class Weights:
         """
         if images.shape[-1] == 1:
             images = jnp.repeat(images, 3, axis=-1)
-        return vgg19.apply(
-            self.params, preprocess(images, self.preprocessing), outputs, taps, dtype
-        )
+        return apply(self.params, preprocess(images, self.preprocessing), outputs, taps, dtype)
 
 
 # ----------------------------------------------------------------------------- validation
@@ -130,9 +336,9 @@ def validate_params(params: Mapping[str, Mapping[str, Any]], source: str) -> Par
     """
     out: Params = {}
     for layer, tensors in params.items():
-        if layer not in vgg19.PARAM_SHAPES:
+        if layer not in PARAM_SHAPES:
             raise SemfuseError(f"weights {source}: unknown layer {layer!r}")
-        for part, shape in zip(("kernel", "bias"), vgg19.PARAM_SHAPES[layer], strict=True):
+        for part, shape in zip(("kernel", "bias"), PARAM_SHAPES[layer], strict=True):
             if part not in tensors:
                 raise SemfuseError(f"weights {source}: layer {layer} has no {part}")
             value = np.asarray(tensors[part])
@@ -192,7 +398,7 @@ def from_torchvision(state: Mapping[str, np.ndarray], source: str = "torchvision
 
 
 def from_timm(state: Mapping[str, np.ndarray], source: str = "timm") -> Params:
-    """Convert a timm ``vgg19.tv_in1k`` state dict (numpy values) to canonical params."""
+    """Convert a timm ``tv_in1k`` state dict (numpy values) to canonical params."""
     renamed = {}
     for key, value in state.items():
         for layer, timm_key in TIMM_CLASSIFIER.items():
@@ -236,7 +442,7 @@ def read_keras_h5(path: Path) -> Params:
                     raise SemfuseError(f"weights {path}: Keras layer {name} is not kernel + bias")
                 kernel, bias = sorted(datasets, key=lambda d: -d.ndim)
                 for part, dataset, shape in zip(
-                    ("kernel", "bias"), (kernel, bias), vgg19.PARAM_SHAPES[layer], strict=True
+                    ("kernel", "bias"), (kernel, bias), PARAM_SHAPES[layer], strict=True
                 ):
                     if dataset.shape != shape:
                         raise SemfuseError(
@@ -273,8 +479,8 @@ def save_canonical(
     metadata = {
         "format": FORMAT,
         "preprocessing": preprocessing.to_json(),
-        "layers": ",".join(layer for layer in vgg19.PARAM_LAYERS if layer in params),
-        "content_sha256": content_digest(params, vgg19.PARAM_LAYERS),
+        "layers": ",".join(layer for layer in PARAM_LAYERS if layer in params),
+        "content_sha256": content_digest(params, PARAM_LAYERS),
         "source": source,
         "source_sha256": source_sha256,
         **(extra or {}),
@@ -287,7 +493,7 @@ def save_canonical(
 
 def resolve_path(path: str | os.PathLike[str] | None = None) -> Path:
     """The weights file to use: ``path``, else ``$SEMFUSE_WEIGHTS``, else the cache's
-    ``vgg19.safetensors``, else the built-in ``conv1_1`` layer (:data:`BUILTIN_FILE`)."""
+    ``safetensors``, else the built-in ``conv1_1`` layer (:data:`BUILTIN_FILE`)."""
     if path:
         chosen, how = Path(path), "given"
     elif os.environ.get("SEMFUSE_WEIGHTS"):
@@ -347,7 +553,7 @@ def read_any(
                 layer, _, part = key.partition(".")
                 params.setdefault(layer, {})[part] = value
             params = validate_params(params, str(path))
-            if content_digest(params, vgg19.PARAM_LAYERS) != meta.get("content_sha256"):
+            if content_digest(params, PARAM_LAYERS) != meta.get("content_sha256"):
                 raise SemfuseError(
                     f"weights {path}: tensor contents do not match the file's content_sha256; "
                     "the file is corrupt"
@@ -407,7 +613,7 @@ def convert(
     src_path = Path(src)
     if not src_path.is_file():
         raise SemfuseError(f"weights file {src_path} does not exist")
-    check_outputs([out], [src_path], overwrite)
+    files.check_outputs([out], [src_path], overwrite)
     params, prep, info = read_any(src_path)
     save_canonical(out, params, prep, info["source"], info["source_sha256"])
     return describe(Path(out))
@@ -422,11 +628,11 @@ def describe(path: str | os.PathLike[str]) -> dict[str, str]:
     return {
         "path": str(path),
         "format": info["format"],
-        "layers": ",".join(layer for layer in vgg19.PARAM_LAYERS if layer in params),
-        "missing": ",".join(layer for layer in vgg19.PARAM_LAYERS if layer not in params),
+        "layers": ",".join(layer for layer in PARAM_LAYERS if layer in params),
+        "missing": ",".join(layer for layer in PARAM_LAYERS if layer not in params),
         "preprocessing": prep.to_json(),
         "file_sha256": file_digests(path)["sha256"],
-        "content_sha256": content_digest(params, vgg19.PARAM_LAYERS),
+        "content_sha256": content_digest(params, PARAM_LAYERS),
         "source": info["source"],
         "source_sha256": info["source_sha256"],
     }
@@ -460,7 +666,7 @@ def download(name: str, dest_dir: Path | None = None, trust_unpinned: bool = Fal
         try:
             with (
                 urllib.request.urlopen(entry["url"], timeout=60) as response,
-                atomic_path(raw) as tmp,
+                files.atomic_path(raw) as tmp,
                 open(tmp, "wb") as f,
             ):
                 for chunk in iter(lambda: response.read(1 << 20), b""):

@@ -12,7 +12,8 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING, NamedTuple
 
-from semfuse_jax import classifier, judge, weights
+from semfuse_jax import classifier, judge
+from semfuse_jax.models import vgg19
 
 if TYPE_CHECKING:
     from semfuse_jax.fusion import FusionConfig
@@ -28,7 +29,7 @@ class Models(NamedTuple):
       judge: the independent classifier of the semantic scores (``--judge``), or None.
     """
 
-    vgg: weights.Weights | None
+    vgg: vgg19.Weights | None
     network: classifier.Network | None
     judge: classifier.Network | None
 
@@ -45,7 +46,7 @@ def load_models(
     judge with ``judge_name``) and ``config`` with its classifier resolved to a concrete name.
 
     ``weights_file`` None: ``$SEMFUSE_WEIGHTS``, the cache's file, else the built-in
-    ``conv1_1`` (:func:`semfuse_jax.weights.load_weights`).
+    ``conv1_1`` (:func:`semfuse_jax.models.vgg19.load_weights`).
 
     Raises:
       SemfuseError: a judge that is the CAM classifier (unless ``allow_same_judge``), or a
@@ -56,7 +57,7 @@ def load_models(
     wants_vgg = wants_network and config.classifier != "efficientnet_lite0"
     if config.required_outputs or wants_vgg or judge_name == "vgg19":
         full = wants_vgg or judge_name == "vgg19"
-        w = weights.load_weights(weights_file, outputs=None if full else config.required_outputs)
+        w = vgg19.load_weights(weights_file, outputs=None if full else config.required_outputs)
     if wants_network:
         network = classifier.load(config.classifier, w)
         config = dataclasses.replace(config, classifier=classifier.network_name(network))

