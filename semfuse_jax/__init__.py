@@ -9,11 +9,12 @@ The public API::
     save_image("fused.png", result.fused[0])
 
 Modules: ``models`` (the networks of a run: ``models.vgg19`` and ``models.efficientnet``, each
-with its weights' import and loading; ``models.checkpoints`` and ``models.torch_file``, the weight
-files they share), ``classifier`` (ImageNet classifiers, class names), ``rules`` (fusion rules
-Ψ), ``cam`` (Grad-CAM, mixing), ``pyramid`` (Laplacian pyramids), ``optimise`` (objectives and the Adam
-solver), ``fusion`` (FM0–FM6), ``regions`` (FM6), ``baselines``, ``metrics``, ``files``
-(images, atomic writes), ``figure`` (contact sheets), ``cli`` (absl tools).
+with its weights' import and loading; ``models.checkpoints`` and ``models.torch_file``, the
+weight files they share), ``classifier`` (ImageNet classifiers, class names), ``rules`` (fusion
+rules Ψ), ``cam`` (Grad-CAM, mixing), ``pyramid`` (Laplacian pyramids), ``optimise``
+(objectives and the Adam solver), ``fusion`` (FM0–FM6), ``regions`` (FM6), ``baselines``,
+``metrics``, ``files`` (images, atomic writes), ``figure`` (contact sheets), ``cli`` (absl
+tools).
 """
 
 from importlib.metadata import PackageNotFoundError, version
