@@ -31,24 +31,24 @@ def to_rgb(ycbcr: jax.Array) -> jax.Array:
     return centred @ jnp.asarray(np.linalg.inv(YCBCR).T, ycbcr.dtype)
 
 
-def grey_inputs(images: np.ndarray) -> np.ndarray:
+def grey_inputs(images: np.ndarray | jax.Array) -> np.ndarray:
     """Which inputs of each set are grey: ``[B, N, H, W, C]`` → bool ``[B, N]`` (all True for
     C = 1; for C = 3, inputs whose three channels are equal, as :func:`fusion.stack_set` makes
     grey inputs of a colour set)."""
-    images = np.asarray(images)
     if images.shape[-1] == 1:
         return np.ones(images.shape[:2], bool)
-    return np.all(images[..., :1] == images[..., 1:], axis=(-3, -2, -1))
+    xp = jnp if isinstance(images, jax.Array) else np  # a batch on the device stays there
+    return np.asarray(xp.all(images[..., :1] == images[..., 1:], axis=(-3, -2, -1)))
 
 
-def use_luminance(mode: str, images: np.ndarray) -> np.ndarray:
+def use_luminance(mode: str, images: np.ndarray | jax.Array) -> np.ndarray:
     """Per set ``[B]``: fuse luminance and keep chroma (True) or fuse in RGB (False).
 
     ``mode``: ``rgb``; ``luminance`` (every colour set); ``auto`` (colour sets that mix grey and
     colour inputs). Grey sets (C = 1) are always False: they have no chroma.
     """
     grey = grey_inputs(images)
-    if np.asarray(images).shape[-1] == 1 or mode == "rgb":
+    if images.shape[-1] == 1 or mode == "rgb":
         return np.zeros(grey.shape[0], bool)
     if mode == "luminance":
         return np.ones(grey.shape[0], bool)

@@ -411,7 +411,7 @@ def per_set(part: Callable, *arrays: jax.Array, params: Any = None) -> Any:
 
 def fuse(
     weights: Weights | None,
-    images: np.ndarray,
+    images: np.ndarray | jax.Array,
     config: FusionConfig,
     *,
     progress: Callable[[int, int, np.ndarray, float], None] | None = None,
@@ -423,12 +423,17 @@ def fuse(
     Colour sets are fused in RGB or, per ``config.colour_mode`` (:mod:`semfuse_jax.colour`), as
     luminance with the chroma kept; a batch holding both kinds is fused as two batches.
 
-    Args: see :func:`fuse_planes`; ``bits`` ``[B]``: the bit depth each result will be stored
-      at (:func:`semfuse_jax.files.save_image`), or None to keep it float. FM4's quality stop
+    Args: see :func:`fuse_planes`; ``images`` may be on the host or already on the device (a
+      ``jax.Array``: the batch runs place the next batch while this one runs). ``bits``
+      ``[B]``: the bit depth each result will be stored at
+      (:func:`semfuse_jax.files.save_image`), or None to keep it float. FM4's quality stop
       and edge refinement then score every candidate as it will be stored, so their decisions
       and the scores in ``quality_history`` and ``edge_quality`` are those of the file.
     """
-    images = np.asarray(images, np.float32)
+    if isinstance(images, jax.Array):
+        images = images.astype(jnp.float32)
+    else:
+        images = np.asarray(images, np.float32)
     if images.ndim != 5 or images.shape[1] < 2 or images.shape[-1] not in (1, 3):
         raise SemfuseError(f"expected [B, N>=2, H, W, 1|3] images, got shape {images.shape}")
     if bits is not None and (len(bits) != len(images) or not set(bits) <= {8, 16}):
@@ -448,15 +453,20 @@ def fuse(
         return _merge([i for i, _ in parts], results)
     ycbcr = colour.to_ycbcr(jnp.asarray(images))
     chroma = colour.chroma_of_strongest(ycbcr[..., 1:])
-    planes = np.asarray(ycbcr[..., :1])
+    planes = ycbcr[..., :1]
     result = fuse_planes(
         weights, planes, config, progress=progress, network=network, chroma=chroma, bits=bits
     )
     return dataclasses.replace(
         result,
         fused=np.asarray(colour.combine(jnp.asarray(result.fused), chroma)),
-        average=np.mean(images, axis=1),
+        average=np.mean(images, axis=1) if isinstance(images, np.ndarray) else average_of(images),
     )
+
+
+def average_of(images: jax.Array) -> np.ndarray:
+    """The mean of each set's inputs, ``[B, N, H, W, C]`` → ``[B, H, W, C]`` on the host."""
+    return np.asarray(jnp.mean(images, axis=1))
 
 
 def _take(bits: Sequence[int] | None, indices: np.ndarray) -> list[int] | None:
@@ -496,7 +506,7 @@ def _merge(indices: Sequence[np.ndarray], results: Sequence[FusionResult]) -> Fu
 
 def fuse_planes(
     weights: Weights | None,
-    images: np.ndarray,
+    images: np.ndarray | jax.Array,
     config: FusionConfig,
     *,
     progress: Callable[[int, int, np.ndarray, float], None] | None = None,
@@ -527,7 +537,7 @@ def fuse_planes(
     """
     spec = config.spec
     images = jnp.asarray(images, jnp.float32)
-    average = np.asarray(jnp.mean(images, axis=1))
+    average = average_of(images)
     if spec.combine is not None:
         return FusionResult(fused=np.asarray(spec.combine(images), np.float32), average=average)
     if weights is None and (spec.optimised or (spec.maps is not None and network is None)):

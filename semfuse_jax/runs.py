@@ -164,12 +164,15 @@ def fuse_batch(
     *,
     outputs: list[Path],
     bits: list[int],
+    placed: jax.Array | None = None,
 ) -> Fused:
-    """Fuse same-shape sets ``[N, H, W, C]`` together (FM4 scoring them at ``bits``)."""
+    """Fuse same-shape sets ``[N, H, W, C]`` together (FM4 scoring them at ``bits``);
+    ``placed``: the sets already stacked ``[B, N, H, W, C]`` and on the device
+    (:func:`stack_and_place`), else they are stacked here."""
     start = time.perf_counter()
     result = fusion.fuse(
-        models.vgg, np.stack(sets), config, progress=log_progress, network=models.network,
-        bits=bits,
+        models.vgg, np.stack(sets) if placed is None else placed, config, progress=log_progress,
+        network=models.network, bits=bits,
     )  # fmt: skip
     return Fused(names, sets, outputs, bits, result, time.perf_counter() - start)
 
@@ -482,8 +485,9 @@ def fuse_manifest(
         )
         started = time.perf_counter()
         total = sum(len(b) for b in mine)
-        # While batch k is fused, batch k + 1 is read and batch k − 1 written, each in a
-        # background thread; a batch's records reach the status file once its files are written.
+        # While batch k is fused, batch k + 1 is read, stacked and placed on the device and batch
+        # k − 1 written, each in a background thread; a batch's records reach the status file
+        # once its files are written.
         reader = concurrent.futures.ThreadPoolExecutor(max_workers=1)
         writer = concurrent.futures.ThreadPoolExecutor(max_workers=1)
         ahead = iter([[valid[i] for i in b] for b in todo])
@@ -538,12 +542,33 @@ def fuse_manifest(
 
 
 Member = tuple[str, list[Path], Path, tuple[int, int, int]]
-Loaded = tuple[list[tuple[str, np.ndarray, Path, int]], list[tuple[str, SemfuseError]]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Ready:
+    """Same-shape sets read, stacked and placed, not yet fused: their names, inputs
+    ``[N, H, W, C]`` each (on the host), outputs, bit depths, and the stacked batch
+    ``[B, N, H, W, C]`` on the device."""
+
+    names: list[str]
+    sets: list[np.ndarray]
+    outputs: list[Path]
+    bits: list[int]
+    placed: jax.Array
+
+
+Loaded = tuple[list[Ready], list[tuple[str, SemfuseError]]]
+
+
+def stack_and_place(sets: Sequence[np.ndarray]) -> jax.Array:
+    """Same-shape sets ``[N, H, W, C]`` stacked into one batch ``[B, N, H, W, C]`` and copied to
+    the default device (asynchronously: the copy runs while the caller goes on)."""
+    return jax.device_put(np.stack(sets))
 
 
 def _read_members(members: list[Member]) -> Loaded:
-    """Read one planned batch's sets: ``(name, images [N, H, W, C], output, bits)`` for each
-    readable set, and ``(name, error)`` for each that cannot be read."""
+    """Read one planned batch's sets, stack each group of one shape and place it on the device
+    (:class:`Ready`), and ``(name, error)`` for each set that cannot be read."""
     loaded, unreadable = [], []
     for set_name, inputs, output, _ in members:
         try:
@@ -552,7 +577,11 @@ def _read_members(members: list[Member]) -> Loaded:
             loaded.append((set_name, images, output, bits))
         except SemfuseError as exc:
             unreadable.append((set_name, exc))
-    return loaded, unreadable
+    ready = []
+    for group in fusion.group_batches([images.shape for _, images, _, _ in loaded], len(loaded)):
+        names, sets, outputs, bits = map(list, zip(*(loaded[i] for i in group), strict=True))
+        ready.append(Ready(names, sets, outputs, bits, stack_and_place(sets)))
+    return ready, unreadable
 
 
 def _fuse_members(
@@ -560,15 +589,24 @@ def _fuse_members(
 ) -> tuple[list[Record], list[Fused]]:
     """Fuse one batch read by :func:`_read_members`, writing nothing: failure records of the
     sets that could not be read or fused, and the fused groups (sets of one shape)."""
-    loaded, unreadable = read
+    ready, unreadable = read
     failed = [failure(set_name, exc) for set_name, exc in unreadable]
     fused = []
-    for group in fusion.group_batches([images.shape for _, images, _, _ in loaded], len(loaded)):
-        names, sets, outputs, bits = map(list, zip(*(loaded[i] for i in group), strict=True))
+    for group in ready:
         try:
-            fused.append(fuse_batch(models, config, names, sets, outputs=outputs, bits=bits))
+            fused.append(
+                fuse_batch(
+                    models,
+                    config,
+                    group.names,
+                    group.sets,
+                    outputs=group.outputs,
+                    bits=group.bits,
+                    placed=group.placed,
+                )
+            )
         except SemfuseError as exc:
-            failed += [failure(n, exc) for n in names]
+            failed += [failure(n, exc) for n in group.names]
     return failed, fused
 
 

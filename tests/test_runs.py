@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import threading
 
+import jax
 import numpy as np
 import pytest
 from PIL import Image
@@ -116,3 +118,34 @@ def test_fuse_set_reports_the_config_and_refuses_its_inputs_as_output(pairs, tmp
     assert record["steps"] == 10 and len(record["classes"]["inputs"]) == 2
     with pytest.raises(SemfuseError, match="input"):
         runs.fuse_set(pairs["48"], pairs["48"][0], SHORT, overwrite=True)
+
+
+def test_the_next_batch_is_stacked_and_placed_in_the_background(pairs, tmp_path, monkeypatch):
+    manifest = tmp_path / "sets.csv"
+    rows = [f"a{k},{','.join(pairs['64'])}" for k in range(3)] + [f"b,{','.join(pairs['48'])}"]
+    manifest.write_text("\n".join(rows) + "\n")
+    placed, fused = [], []
+    real_place, real_fuse = runs.stack_and_place, fusion.fuse
+
+    def place(sets):
+        placed.append((threading.current_thread() is threading.main_thread(), len(sets)))
+        return real_place(sets)
+
+    def fuse(weights, images, config, **kw):
+        fused.append((isinstance(images, jax.Array), images.shape[:2]))
+        return real_fuse(weights, images, config, **kw)
+
+    monkeypatch.setattr(runs, "stack_and_place", place)
+    monkeypatch.setattr(fusion, "fuse", fuse)
+    config = dataclasses.replace(SHORT, method="laplacian")
+    runs.fuse_manifest(manifest, tmp_path / "out", config, batch_size=2)
+    # batches [a0, a1], [a2], [b]: each stacked and placed off the main thread, fused as placed
+    assert placed == [(False, 2), (False, 1), (False, 1)]
+    assert fused == [(True, (2, 2)), (True, (1, 2)), (True, (1, 2))]
+    monkeypatch.undo()
+    for name, inputs in (("a2", pairs["64"]), ("b", pairs["48"])):  # the same files as alone
+        runs.fuse_set(inputs, tmp_path / f"{name}.png", config)
+        alone = np.asarray(Image.open(tmp_path / f"{name}.png"))
+        np.testing.assert_array_equal(
+            np.asarray(Image.open(tmp_path / "out" / f"{name}.png")), alone
+        )
