@@ -460,7 +460,7 @@ def fuse(
     return dataclasses.replace(
         result,
         fused=np.asarray(colour.combine(jnp.asarray(result.fused), chroma)),
-        average=np.mean(images, axis=1) if isinstance(images, np.ndarray) else average_of(images),
+        average=average_of(jnp.asarray(images)),
     )
 
 

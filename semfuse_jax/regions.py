@@ -39,7 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from semfuse_jax import baselines, classifier, pyramid
+from semfuse_jax import baselines, cam, classifier, pyramid
 from semfuse_jax.judge import TOP_K  # the margin is taken over the candidate's 5th class
 
 
@@ -151,7 +151,7 @@ def scene_alignment(images: jax.Array, size: int = 64) -> jax.Array:
 def _margins(network: classifier.Network, candidates: jax.Array, evidence: jax.Array,
              params: RegionParams) -> jax.Array:  # fmt: skip
     """Scores ``[K]`` of one set's candidates ``[K, H, W, C]``; ``evidence`` ``[N, 1000]``: each
-    input's class weights (:func:`class_weights`)."""
+    input's class weights (:func:`semfuse_jax.cam.class_weights`)."""
 
     def log_probs(image: jax.Array) -> jax.Array:
         x = classifier.resize_for(network, image[None])
@@ -173,13 +173,6 @@ def _margins(network: classifier.Network, candidates: jax.Array, evidence: jax.A
     return jnp.min(kept, axis=-1) - fifth
 
 
-def class_weights(probabilities: jax.Array, classes: int) -> jax.Array:
-    """``[..., 1000]`` probabilities → weights on the ``classes`` most probable (renormalised)."""
-    top = jax.lax.top_k(probabilities, classes)[0][..., -1:]
-    kept = jnp.where(probabilities >= top, probabilities, 0.0)
-    return kept / jnp.sum(kept, axis=-1, keepdims=True)
-
-
 def _choose_set(network: classifier.Network, images: jax.Array, maps: jax.Array,
                 params: RegionParams) -> tuple[jax.Array, jax.Array]:  # fmt: skip
     """One set ``[N, H, W, C]`` and its maps ``[N, H, W]`` → the chosen fusion ``[H, W, C]`` and
@@ -191,8 +184,8 @@ def _choose_set(network: classifier.Network, images: jax.Array, maps: jax.Array,
     if params.keep_laplacian:
         candidates = jnp.concatenate([baselines.laplacian_set(images)[None], candidates])
         alloc = jnp.concatenate([jnp.full((1, *maps.shape), 1.0 / n, alloc.dtype), alloc])
-    probabilities = jax.nn.softmax(classifier.logits(network, images), axis=-1)
-    margins = _margins(network, candidates, class_weights(probabilities, params.classes), params)
+    evidence = cam.class_weights(classifier.logits(network, images), top_k=params.classes)
+    margins = _margins(network, candidates, evidence, params)
     best = jnp.argmax(margins)
     if params.keep_laplacian:  # it keeps every input's class: no region is needed
         best = jnp.where(margins[0] >= 0, 0, best)
