@@ -144,45 +144,51 @@ def set_key(
 
 
 @dataclasses.dataclass(frozen=True)
-class Fused:
-    """Same-shape sets fused together, not yet written: their names, inputs ``[N, H, W, C]``
-    each, outputs, bit depths, the result and the seconds it took."""
+class Ready:
+    """Same-shape sets read, stacked and placed, not yet fused: their names, inputs
+    ``[N, H, W, C]`` each (on the host), outputs, bit depths, and the stacked batch
+    ``[B, N, H, W, C]`` on the device."""
 
     names: list[str]
     sets: list[np.ndarray]
     outputs: list[Path]
     bits: list[int]
+    placed: jax.Array
+
+
+def stack_and_place(sets: Sequence[np.ndarray]) -> jax.Array:
+    """Same-shape sets ``[N, H, W, C]`` stacked into one batch ``[B, N, H, W, C]`` and copied to
+    the default device (asynchronously: the copy runs while the caller goes on)."""
+    return jax.device_put(np.stack(sets))
+
+
+@dataclasses.dataclass(frozen=True)
+class Fused:
+    """Sets fused together (:class:`Ready`), not yet written: the result and the seconds it
+    took."""
+
+    ready: Ready
     result: fusion.FusionResult
     seconds: float
 
 
-def fuse_batch(
-    models: Models,
-    config: fusion.FusionConfig,
-    names: list[str],
-    sets: list[np.ndarray],
-    *,
-    outputs: list[Path],
-    bits: list[int],
-    placed: jax.Array | None = None,
-) -> Fused:
-    """Fuse same-shape sets ``[N, H, W, C]`` together (FM4 scoring them at ``bits``);
-    ``placed``: the sets already stacked ``[B, N, H, W, C]`` and on the device
-    (:func:`stack_and_place`), else they are stacked here."""
+def fuse_batch(models: Models, config: fusion.FusionConfig, ready: Ready) -> Fused:
+    """Fuse the same-shape sets of ``ready`` together (FM4 scoring them at their bit depths)."""
     start = time.perf_counter()
     result = fusion.fuse(
-        models.vgg, np.stack(sets) if placed is None else placed, config, progress=log_progress,
-        network=models.network, bits=bits,
+        models.vgg, ready.placed, config, progress=log_progress, network=models.network,
+        bits=ready.bits,
     )  # fmt: skip
-    return Fused(names, sets, outputs, bits, result, time.perf_counter() - start)
+    return Fused(ready, result, time.perf_counter() - start)
 
 
 def save_fused(models: Models, config: fusion.FusionConfig, fused: Fused) -> list[Record]:
     """Write each output of ``fused`` at its bit depth and return per-set records: with a judge,
     its semantic scores and classes (of the inputs and the written file), else with a classifier
     ``network``, its classes."""
-    names, sets, outputs, bits = fused.names, fused.sets, fused.outputs, fused.bits
-    result, seconds, stacked = fused.result, fused.seconds, np.stack(fused.sets)
+    names, sets, outputs, bits = (fused.ready.names, fused.ready.sets, fused.ready.outputs,
+                                  fused.ready.bits)  # fmt: skip
+    result, seconds, stacked = fused.result, fused.seconds, np.stack(sets)
     semantic = None
     records = []
     for b, (name, out) in enumerate(zip(names, outputs, strict=True)):
@@ -275,7 +281,8 @@ def fuse_set(
         allow_same_judge=allow_same_judge,
     )
     bits = max(files.bit_depth(p) for p in inputs)
-    fused = fuse_batch(models, config, [output.stem], [images], outputs=[output], bits=[bits])
+    ready = Ready([output.stem], [images], [output], [bits], stack_and_place([images]))
+    fused = fuse_batch(models, config, ready)
     records, result = save_fused(models, config, fused), fused.result
     if figure:
         sheet = contact_sheet(
@@ -544,26 +551,7 @@ def fuse_manifest(
 Member = tuple[str, list[Path], Path, tuple[int, int, int]]
 
 
-@dataclasses.dataclass(frozen=True)
-class Ready:
-    """Same-shape sets read, stacked and placed, not yet fused: their names, inputs
-    ``[N, H, W, C]`` each (on the host), outputs, bit depths, and the stacked batch
-    ``[B, N, H, W, C]`` on the device."""
-
-    names: list[str]
-    sets: list[np.ndarray]
-    outputs: list[Path]
-    bits: list[int]
-    placed: jax.Array
-
-
 Loaded = tuple[list[Ready], list[tuple[str, SemfuseError]]]
-
-
-def stack_and_place(sets: Sequence[np.ndarray]) -> jax.Array:
-    """Same-shape sets ``[N, H, W, C]`` stacked into one batch ``[B, N, H, W, C]`` and copied to
-    the default device (asynchronously: the copy runs while the caller goes on)."""
-    return jax.device_put(np.stack(sets))
 
 
 def _read_members(members: list[Member]) -> Loaded:
@@ -594,17 +582,7 @@ def _fuse_members(
     fused = []
     for group in ready:
         try:
-            fused.append(
-                fuse_batch(
-                    models,
-                    config,
-                    group.names,
-                    group.sets,
-                    outputs=group.outputs,
-                    bits=group.bits,
-                    placed=group.placed,
-                )
-            )
+            fused.append(fuse_batch(models, config, group))
         except SemfuseError as exc:
             failed += [failure(n, exc) for n in group.names]
     return failed, fused
@@ -622,5 +600,5 @@ def _save_members(
         except DiskFullError:  # every later write would fail too: stop the run
             raise
         except SemfuseError as exc:  # e.g. an output that turned unwritable: record, go on
-            done += [failure(n, exc) for n in group.names]
+            done += [failure(n, exc) for n in group.ready.names]
     return done
