@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from semfuse_jax.cli import use_compilation_cache
+from semfuse_jax.models import vgg19
 
 jax.config.update("jax_default_matmul_precision", "highest")
 # The tools' persistent compilation cache, shared by the test workers and the tools they run:
@@ -23,6 +24,9 @@ use_compilation_cache()
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_WEIGHTS_FILE = "vgg19_imagenet_keras_block1-3.h5"
+# The widths of the tests' whole VGG19s: every layer of the real layout (names, kernel order,
+# fc6's flatten order, 1000 classes) at a size that builds, converts and compiles in seconds.
+TEST_VGG19 = vgg19.Architecture(widths=(8, 16, 16, 32, 32), hidden=64)
 
 try:  # torch is the independent reference of the cross-checks; the other tests need none
     import torch
@@ -104,12 +108,13 @@ def assert_trees_all_close(actual: Mapping, expected: Mapping, **kw: float) -> N
 
 @pytest.fixture(scope="session")
 def torch_vgg19():
-    """A VGG19 built from torch.nn in torchvision's layout (key names), random weights."""
+    """A VGG19 of :data:`TEST_VGG19` built from torch.nn in torchvision's layout (key names),
+    random weights."""
     pytest.importorskip("torch")
-    return build_torch_vgg19()
+    return build_torch_vgg19(TEST_VGG19)
 
 
-def build_torch_vgg19():
+def build_torch_vgg19(architecture: vgg19.Architecture = vgg19.STANDARD):
     """VGG19 from torch.nn with torchvision's module layout, He-initialised (seed 0)."""
     import torch
 
@@ -117,7 +122,7 @@ def build_torch_vgg19():
     torch.manual_seed(0)
     layers: list = []
     cin = 3
-    for n, width in zip((2, 2, 4, 4, 4), (64, 128, 256, 512, 512), strict=True):
+    for n, width in zip(vgg19.BLOCKS, architecture.widths, strict=True):
         for _ in range(n):
             layers += [nn.Conv2d(cin, width, 3, padding=1), nn.ReLU(inplace=False)]
             cin = width
@@ -128,14 +133,15 @@ def build_torch_vgg19():
             super().__init__()
             self.features = nn.Sequential(*layers)
             self.avgpool = nn.AdaptiveAvgPool2d((7, 7))
+            hidden = architecture.hidden
             self.classifier = nn.Sequential(
-                nn.Linear(512 * 49, 4096),
+                nn.Linear(cin * 49, hidden),
                 nn.ReLU(),
                 nn.Dropout(),
-                nn.Linear(4096, 4096),
+                nn.Linear(hidden, hidden),
                 nn.ReLU(),
                 nn.Dropout(),
-                nn.Linear(4096, 1000),
+                nn.Linear(hidden, vgg19.CLASSES),
             )
 
     model = TorchVGG19().eval()
@@ -155,7 +161,7 @@ def torch_state(torch_vgg19) -> dict[str, np.ndarray]:
 
 def shared_file(tmp_path_factory, name: str, build) -> Path:
     """A session file built once for every test worker: ``build(path)`` runs in the first
-    worker that asks, under a lock (the files are large: a full VGG19 is 548 MB)."""
+    worker that asks, under a lock."""
     root = tmp_path_factory.getbasetemp()
     if os.environ.get("PYTEST_XDIST_WORKER"):
         root = root.parent  # the session's folder, shared by its workers
@@ -182,25 +188,20 @@ def pth_file(torch_vgg19, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def full_weights_file(pth_file, tmp_path_factory) -> Path:
-    """A full random-weights canonical file (converted from ``pth_file``)."""
-    from semfuse_jax.models import vgg19
-
+    """A random-weights canonical file of every VGG19 layer (converted from ``pth_file``; it
+    records its widths, so it loads like any canonical file)."""
     return shared_file(
         tmp_path_factory,
         "vgg19-random.safetensors",
-        lambda path: vgg19.convert(pth_file, path),
+        lambda path: vgg19.convert(pth_file, path, architecture=TEST_VGG19),
     )
 
 
 @pytest.fixture(scope="session")
 def real_weights(real_weights_file):
-    from semfuse_jax.models import vgg19
-
     return vgg19.load_weights(real_weights_file)
 
 
 @pytest.fixture(scope="session")
 def full_weights(full_weights_file):
-    from semfuse_jax.models import vgg19
-
     return vgg19.load_weights(full_weights_file)

@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import needs_torch, rel_err, torch
+from conftest import TEST_VGG19, needs_torch, rel_err, torch
 from PIL import Image
 
 from semfuse_jax.errors import MissingLayersError, SemfuseError
@@ -49,19 +49,27 @@ def _flax_outputs(params, network_input) -> dict[str, np.ndarray]:
 def test_torchvision_import_matches_torch_on_every_conv_and_logits(
     pth_file, torch_outputs, network_input
 ):
-    loaded = vgg19.load_weights(pth_file)
+    loaded = vgg19.load_weights(pth_file, architecture=TEST_VGG19)
     assert loaded.preprocessing == vgg19.TORCHVISION_PREPROCESSING
     ours = _flax_outputs(loaded.params, network_input)
     for name, expected in torch_outputs.items():
         assert ours[name].shape == expected.shape, name
         assert rel_err(ours[name], expected) < 1e-4, name
+    with pytest.raises(SemfuseError, match=r"conv1_1 kernel has shape \(3, 3, 3, 8\), expected"):
+        vgg19.load_weights(pth_file)  # other widths than ImageNet VGG19's only when declared
+
+
+def _fc6_conv(torch_state: dict[str, np.ndarray]) -> np.ndarray:
+    """torch's fc6 weight ``[hidden, C·49]`` as the 7×7 convolution ``[hidden, C, 7, 7]``."""
+    weight = torch_state["classifier.0.weight"]
+    return weight.reshape(weight.shape[0], -1, 7, 7)
 
 
 def _timm_state(torch_state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     state = {k: v for k, v in torch_state.items() if k.startswith("features.")}
-    state["pre_logits.fc1.weight"] = torch_state["classifier.0.weight"].reshape(4096, 512, 7, 7)
+    state["pre_logits.fc1.weight"] = _fc6_conv(torch_state)
     state["pre_logits.fc1.bias"] = torch_state["classifier.0.bias"]
-    state["pre_logits.fc2.weight"] = torch_state["classifier.3.weight"].reshape(4096, 4096, 1, 1)
+    state["pre_logits.fc2.weight"] = torch_state["classifier.3.weight"][:, :, None, None]
     state["pre_logits.fc2.bias"] = torch_state["classifier.3.bias"]
     state["head.fc.weight"] = torch_state["classifier.6.weight"]
     state["head.fc.bias"] = torch_state["classifier.6.bias"]
@@ -74,7 +82,7 @@ def test_timm_safetensors_import_matches_torch(torch_state, torch_outputs, netwo
 
     path = tmp_path / "vgg19.tv_in1k-random.safetensors"
     save_file(_timm_state(torch_state), path)
-    loaded = vgg19.load_weights(path)
+    loaded = vgg19.load_weights(path, architecture=TEST_VGG19)
     assert loaded.preprocessing == vgg19.TORCHVISION_PREPROCESSING
     ours = _flax_outputs(loaded.params, network_input)
     assert rel_err(ours["logits"], torch_outputs["logits"]) < 1e-4
@@ -96,8 +104,8 @@ def write_keras_h5(path, torch_state: dict[str, np.ndarray], with_top: bool = Tr
         if i == vgg19.BLOCKS[b - 1]:
             layers.append((f"block{b}_pool", []))
     if with_top:
-        fc1 = torch_state["classifier.0.weight"].reshape(4096, 512, 7, 7)
-        fc1 = fc1.transpose(2, 3, 1, 0).reshape(512 * 49, 4096)  # rows (h*7+w)*512+c
+        fc1 = _fc6_conv(torch_state).transpose(2, 3, 1, 0)  # rows (h*7+w)*C+c
+        fc1 = fc1.reshape(-1, fc1.shape[-1])
         layers.append(("flatten", []))
         for name, kernel, bias in (
             ("fc1", fc1, torch_state["classifier.0.bias"]),
@@ -121,7 +129,7 @@ def write_keras_h5(path, torch_state: dict[str, np.ndarray], with_top: bool = Tr
 def test_keras_h5_import_matches_torch(torch_state, torch_outputs, network_input, tmp_path):
     path = tmp_path / "vgg19_random_keras.h5"
     write_keras_h5(path, torch_state)
-    loaded = vgg19.load_weights(path)
+    loaded = vgg19.load_weights(path, architecture=TEST_VGG19)
     assert loaded.preprocessing == vgg19.CAFFE_PREPROCESSING
     ours = _flax_outputs(loaded.params, network_input)
     assert rel_err(ours["logits"], torch_outputs["logits"]) < 1e-4

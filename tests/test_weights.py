@@ -13,7 +13,7 @@ from pathlib import Path
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import assert_trees_all_close
+from conftest import TEST_VGG19, assert_trees_all_close
 
 from semfuse_jax.errors import SemfuseError
 from semfuse_jax.models import checkpoints, vgg19
@@ -27,16 +27,21 @@ def test_canonical_round_trip_keeps_params_preprocessing_and_provenance(
     assert info["layers"].split(",") == list(vgg19.PARAM_LAYERS)
     assert info["missing"] == ""
     assert info["source_sha256"] == checkpoints.file_digests(pth_file)["sha256"]
-    loaded = vgg19.load_weights(full_weights_file)
+    assert vgg19.Architecture.from_json(info["architecture"], "") == TEST_VGG19  # recorded
+    loaded = vgg19.load_weights(full_weights_file)  # the file's own widths, not passed
     assert loaded.preprocessing == vgg19.TORCHVISION_PREPROCESSING
-    direct = vgg19.from_torchvision(torch_state)  # the .pth's tensors, converted in memory
+    # the .pth's tensors, converted in memory
+    direct = vgg19.from_torchvision(torch_state, architecture=TEST_VGG19)
     assert_trees_all_close(loaded.params, direct, rtol=0, atol=0)
-    # fc6: torch column c*49 + h*7 + w must land on our row (h*7 + w)*512 + c.
+    # fc6: torch column c*49 + h*7 + w must land on our row (h*7 + w)*C + c.
     fc6 = np.asarray(loaded.params["fc6"]["kernel"])
-    c, h, w = 300, 2, 5
+    width = TEST_VGG19.widths[-1]
+    c, h, w = width - 3, 2, 5
     np.testing.assert_array_equal(
-        fc6[(h * 7 + w) * 512 + c], torch_state["classifier.0.weight"][:, c * 49 + h * 7 + w]
+        fc6[(h * 7 + w) * width + c], torch_state["classifier.0.weight"][:, c * 49 + h * 7 + w]
     )
+    with pytest.raises(SemfuseError, match="holds a VGG19 of"):  # a file's widths are its own
+        vgg19.load_weights(full_weights_file, architecture=vgg19.STANDARD)
 
 
 def test_real_partial_file_converts_and_keeps_caffe_preprocessing(real_weights_file, tmp_path):
@@ -112,16 +117,20 @@ def test_pickle_payload_in_pth_is_refused_without_running(tmp_path):
 
 def test_pth_loads_without_torch(pth_file, torch_state, monkeypatch):
     monkeypatch.setitem(sys.modules, "torch", None)  # any import of torch would now fail
-    loaded = vgg19.load_weights(pth_file)
-    expected = vgg19.from_torchvision(torch_state)
+    loaded = vgg19.load_weights(pth_file, architecture=TEST_VGG19)
+    expected = vgg19.from_torchvision(torch_state, architecture=TEST_VGG19)
     for layer in ("conv1_1", "conv5_4", "fc6", "fc8"):
         np.testing.assert_array_equal(
             np.asarray(loaded.params[layer]["kernel"]), expected[layer]["kernel"]
         )
 
 
-def test_wrong_shapes_dtypes_and_keys_name_the_layer(torch_state):
-    state = {k: v for k, v in torch_state.items() if k.startswith("features.0.")}
+def test_wrong_shapes_dtypes_and_keys_name_the_layer():
+    rng = np.random.default_rng(0)
+    state = {  # an ImageNet-sized conv1_1 in torchvision's layout
+        "features.0.weight": rng.normal(size=(64, 3, 3, 3)).astype(np.float32),
+        "features.0.bias": np.zeros(64, np.float32),
+    }
     assert set(vgg19.from_torchvision(state)) == {"conv1_1"}
     bad = dict(state, **{"features.0.weight": state["features.0.weight"][:32]})
     with pytest.raises(SemfuseError, match=r"conv1_1 kernel has shape \(3, 3, 3, 32\)"):

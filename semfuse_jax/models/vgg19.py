@@ -1,8 +1,13 @@
 """VGG19 (configuration E of Simonyan & Zisserman) as a pure Flax module over an explicit pytree.
 
 Layout: NHWC activations, HWIO conv kernels, ``[in, out]`` dense kernels. ``fc6``'s kernel rows
-are in NHWC flatten order, ``(h * 7 + w) * 512 + c``. The classifier sees torchvision's adaptive
-7×7 average pool, so any input size classifies. Dropout is omitted: the model is inference-only.
+are in NHWC flatten order, ``(h * 7 + w) * C + c`` (``C = 512``, the last block's width). The
+classifier sees torchvision's adaptive 7×7 average pool, so any input size classifies. Dropout is
+omitted: the model is inference-only.
+
+The layer widths are an :class:`Architecture`: ImageNet VGG19's (:data:`STANDARD`) unless a
+file declares others (a pruned or a test-sized network; the module reads them from the
+parameters' shapes, and every file format is checked against the declared widths).
 
 Named outputs (any subset can be requested; only the layers up to the deepest one run):
 
@@ -33,6 +38,8 @@ Imports (all also readable directly by :func:`load_weights`):
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import urllib.error
 import urllib.request
@@ -64,13 +71,80 @@ from semfuse_jax.models.checkpoints import (
 )
 
 BLOCKS: tuple[int, ...] = (2, 2, 4, 4, 4)
-WIDTHS: tuple[int, ...] = (64, 128, 256, 512, 512)
 CONV_LAYERS: tuple[str, ...] = tuple(
     f"conv{b + 1}_{i + 1}" for b, n in enumerate(BLOCKS) for i in range(n)
 )
 FC_LAYERS: tuple[str, ...] = ("fc6", "fc7", "fc8")
 PARAM_LAYERS: tuple[str, ...] = CONV_LAYERS + FC_LAYERS
 POOL_SIZE = 7
+CLASSES = 1000
+
+
+@dataclasses.dataclass(frozen=True)
+class Architecture:
+    """The widths of a VGG19: one per convolution block, and fc6/fc7's (fc8 has 1000 classes).
+
+    Attributes:
+      widths: output channels of every convolution in blocks 1..5.
+      hidden: output width of fc6 and fc7.
+    """
+
+    widths: tuple[int, ...] = (64, 128, 256, 512, 512)
+    hidden: int = 4096
+
+    def __post_init__(self) -> None:
+        widths = tuple(self.widths)
+        if len(widths) != len(BLOCKS) or not all(
+            isinstance(w, int) and w > 0 for w in (*widths, self.hidden)
+        ):
+            raise SemfuseError(
+                f"a VGG19 architecture has {len(BLOCKS)} positive block widths and a positive "
+                f"hidden width, not widths={self.widths!r} hidden={self.hidden!r}"
+            )
+        object.__setattr__(self, "widths", widths)
+
+    def shapes(self) -> dict[str, tuple[tuple[int, ...], tuple[int, ...]]]:
+        """``{layer: (kernel shape, bias shape)}`` for every parameter layer."""
+        shapes: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {}
+        cin = 3
+        for b, n in enumerate(BLOCKS):
+            for i in range(n):
+                shapes[f"conv{b + 1}_{i + 1}"] = ((3, 3, cin, self.widths[b]), (self.widths[b],))
+                cin = self.widths[b]
+        fc_in = (POOL_SIZE * POOL_SIZE * cin, self.hidden, self.hidden)
+        for layer, n_in, n_out in zip(
+            FC_LAYERS, fc_in, (self.hidden, self.hidden, CLASSES), strict=True
+        ):
+            shapes[layer] = ((n_in, n_out), (n_out,))
+        return shapes
+
+    def to_json(self) -> str:
+        return json.dumps({"widths": list(self.widths), "hidden": self.hidden})
+
+    @classmethod
+    def from_json(cls, text: str, source: str) -> Architecture:
+        """Parse :meth:`to_json`'s output; ``SemfuseError`` naming ``source`` if it is not."""
+        try:
+            data = json.loads(text)
+            return cls(tuple(data["widths"]), data["hidden"])
+        except (ValueError, TypeError, KeyError) as exc:
+            raise SemfuseError(
+                f"weights {source}: unreadable architecture {text!r} ({exc})"
+            ) from None
+
+    @classmethod
+    def of(cls, params: Mapping[str, Any]) -> Architecture:
+        """The architecture ``params``' shapes imply; absent layers keep :data:`STANDARD`'s."""
+        widths = list(STANDARD.widths)
+        for b in range(len(BLOCKS)):
+            if f"conv{b + 1}_1" in params:
+                widths[b] = int(np.shape(params[f"conv{b + 1}_1"]["kernel"])[-1])
+        hidden = int(np.shape(params["fc6"]["kernel"])[-1]) if "fc6" in params else STANDARD.hidden
+        return cls(tuple(widths), hidden)
+
+
+STANDARD = Architecture()
+WIDTHS: tuple[int, ...] = STANDARD.widths
 
 
 def _output_plan() -> tuple[tuple[str, tuple[str, ...]], ...]:
@@ -143,6 +217,7 @@ class VGG19(nn.Module):
     """
 
     dtype: Any = None
+    architecture: Architecture = STANDARD
 
     @nn.compact
     def __call__(
@@ -162,7 +237,7 @@ class VGG19(nn.Module):
 
         Returns:
           ``{name: array}``; conv/relu/pool maps are ``[B, h, w, C]``, fc6/fc7 ``[B, 4096]``,
-          logits ``[B, 1000]``.
+          logits ``[B, 1000]``; the widths are the parameters' (see :class:`Architecture`).
         """
         wanted = set(check_outputs(outputs))
         taps = taps or {}
@@ -180,7 +255,7 @@ class VGG19(nn.Module):
 
         if self.dtype is not None:
             x = x.astype(self.dtype)
-        for b, (n, width) in enumerate(zip(BLOCKS, WIDTHS, strict=True)):
+        for b, (n, width) in enumerate(zip(BLOCKS, self.architecture.widths, strict=True)):
             for i in range(n):
                 name = f"{b + 1}_{i + 1}"
                 conv = nn.Conv(
@@ -200,9 +275,9 @@ class VGG19(nn.Module):
         pw = jnp.asarray(adaptive_avg_pool_matrix(x.shape[2]), x.dtype)
         x = jnp.einsum("ih,bhwc,jw->bijc", ph, x, pw).reshape(x.shape[0], -1)
         for name, layer, width in (
-            ("fc6", "fc6", 4096),
-            ("fc7", "fc7", 4096),
-            ("logits", "fc8", 1000),
+            ("fc6", "fc6", self.architecture.hidden),
+            ("fc7", "fc7", self.architecture.hidden),
+            ("logits", "fc8", CLASSES),
         ):
             if name != "fc6":
                 x = nn.relu(x)
@@ -219,43 +294,36 @@ def apply(
     taps: Mapping[str, jax.Array] | None = None,
     dtype: Any = None,
 ) -> dict[str, jax.Array]:
-    """Functional forward pass: ``VGG19(dtype).apply({'params': params}, x, outputs, taps)``.
+    """Functional forward pass: ``VGG19(dtype, architecture).apply({'params': params}, x, …)``.
 
     ``params`` maps layer names to ``{'kernel', 'bias'}``; it may hold only some layers, as long as
-    it holds every layer ``outputs`` need. Wrap in ``jax.jit(..., static_argnames=('outputs',
-    'dtype'))`` or call inside a jitted function.
+    it holds every layer ``outputs`` need. The widths are read from the parameters' (static)
+    shapes. Wrap in ``jax.jit(..., static_argnames=('outputs', 'dtype'))`` or call inside a jitted
+    function.
     """
-    return VGG19(dtype=dtype).apply({"params": params}, x, tuple(outputs), taps)
+    module = VGG19(dtype=dtype, architecture=Architecture.of(params))
+    return module.apply({"params": params}, x, tuple(outputs), taps)
 
 
-def init_params(key: jax.Array, layers: Sequence[str] = PARAM_LAYERS) -> dict[str, Any]:
+def init_params(
+    key: jax.Array, layers: Sequence[str] = PARAM_LAYERS, architecture: Architecture = STANDARD
+) -> dict[str, Any]:
     """Random parameters in the canonical layout (He-normal kernels, zero biases), for tests.
 
     Args:
       key: PRNG key.
       layers: which parameter layers to create (a partial network is allowed).
+      architecture: the widths (ImageNet VGG19's by default).
     """
-    shapes: dict[str, tuple[int, ...]] = {}
-    cin = 3
-    for b, n in enumerate(BLOCKS):
-        for i in range(n):
-            shapes[f"conv{b + 1}_{i + 1}"] = (3, 3, cin, WIDTHS[b])
-            cin = WIDTHS[b]
-    shapes.update(fc6=(POOL_SIZE * POOL_SIZE * 512, 4096), fc7=(4096, 4096), fc8=(4096, 1000))
+    shapes = architecture.shapes()
     params: dict[str, Any] = {}
     for k, layer in zip(jax.random.split(key, len(PARAM_LAYERS)), PARAM_LAYERS, strict=True):
         if layer in layers:
-            shape = shapes[layer]
+            shape = shapes[layer][0]
             fan_in = int(np.prod(shape[:-1]))
             kernel = jax.random.normal(k, shape, jnp.float32) * np.sqrt(2.0 / fan_in)
             params[layer] = {"kernel": kernel, "bias": jnp.zeros(shape[-1:], jnp.float32)}
     return params
-
-
-PARAM_SHAPES: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
-    layer: (tuple(p["kernel"].shape), tuple(p["bias"].shape))
-    for layer, p in jax.eval_shape(lambda: init_params(jax.random.key(0))).items()
-}
 
 
 FORMAT = "semfuse_jax.vgg19/1"
@@ -328,17 +396,21 @@ class Weights:
 # ----------------------------------------------------------------------------- validation
 
 
-def validate_params(params: Mapping[str, Mapping[str, Any]], source: str) -> Params:
-    """Check names, shapes and dtypes against VGG19; return float32 numpy params.
+def validate_params(
+    params: Mapping[str, Mapping[str, Any]], source: str, architecture: Architecture = STANDARD
+) -> Params:
+    """Check names, shapes and dtypes against a VGG19 of ``architecture``; return float32 numpy
+    params.
 
     Raises:
       SemfuseError: naming the first offending layer, or if no layer is present.
     """
+    shapes = architecture.shapes()
     out: Params = {}
     for layer, tensors in params.items():
-        if layer not in PARAM_SHAPES:
+        if layer not in shapes:
             raise SemfuseError(f"weights {source}: unknown layer {layer!r}")
-        for part, shape in zip(("kernel", "bias"), PARAM_SHAPES[layer], strict=True):
+        for part, shape in zip(("kernel", "bias"), shapes[layer], strict=True):
             if part not in tensors:
                 raise SemfuseError(f"weights {source}: layer {layer} has no {part}")
             value = np.asarray(tensors[part])
@@ -362,11 +434,17 @@ def validate_params(params: Mapping[str, Mapping[str, Any]], source: str) -> Par
 # ----------------------------------------------------------------------------- converters
 
 
-def from_torchvision(state: Mapping[str, np.ndarray], source: str = "torchvision") -> Params:
+def from_torchvision(
+    state: Mapping[str, np.ndarray],
+    source: str = "torchvision",
+    architecture: Architecture = STANDARD,
+) -> Params:
     """Convert a torchvision-layout VGG19 state dict (numpy values) to canonical params.
 
-    Layers may be missing (partial networks are allowed); unknown keys are refused.
+    Layers may be missing (partial networks are allowed); unknown keys are refused; every shape
+    must be ``architecture``'s.
     """
+    last = architecture.widths[-1]
     state = dict(state)
     params: Params = {}
     for layer, index in TORCHVISION_FEATURE_INDEX.items():
@@ -386,18 +464,21 @@ def from_torchvision(state: Mapping[str, np.ndarray], source: str = "torchvision
         w = np.asarray(w)
         if w.ndim == 4:  # timm stores fc6 as a 7x7 conv and fc7 as a 1x1 conv: [out, in, kh, kw]
             w = w.transpose(0, 2, 3, 1).reshape(w.shape[0], -1)
-        elif layer == "fc6" and w.ndim == 2 and w.shape[1] == 512 * 49:
-            w = w.reshape(-1, 512, 7, 7).transpose(0, 2, 3, 1).reshape(w.shape[0], -1)
+        elif layer == "fc6" and w.ndim == 2 and w.shape[1] == last * POOL_SIZE**2:
+            w = w.reshape(-1, last, POOL_SIZE, POOL_SIZE).transpose(0, 2, 3, 1)
+            w = w.reshape(w.shape[0], -1)
         params[layer] = {"kernel": w.T, "bias": b}
     if state:
         extra = ", ".join(sorted(state)[:5])
         raise SemfuseError(
             f"weights {source}: unexpected keys ({extra}, ...); is this VGG19 without batch norm?"
         )
-    return validate_params(params, source)
+    return validate_params(params, source, architecture)
 
 
-def from_timm(state: Mapping[str, np.ndarray], source: str = "timm") -> Params:
+def from_timm(
+    state: Mapping[str, np.ndarray], source: str = "timm", architecture: Architecture = STANDARD
+) -> Params:
     """Convert a timm ``tv_in1k`` state dict (numpy values) to canonical params."""
     renamed = {}
     for key, value in state.items():
@@ -405,10 +486,10 @@ def from_timm(state: Mapping[str, np.ndarray], source: str = "timm") -> Params:
             if key.startswith(timm_key + "."):
                 key = TORCHVISION_CLASSIFIER[layer] + key[len(timm_key) :]
         renamed[key] = value
-    return from_torchvision(renamed, source)
+    return from_torchvision(renamed, source, architecture)
 
 
-def read_keras_h5(path: Path) -> Params:
+def read_keras_h5(path: Path, architecture: Architecture = STANDARD) -> Params:
     """Read a Keras 2 HDF5 weights file (``layer_names`` / ``weight_names`` layout).
 
     Every dataset's shape is checked against the VGG19 layer it names, and its stored bytes
@@ -417,6 +498,7 @@ def read_keras_h5(path: Path) -> Params:
     """
     import h5py
 
+    shapes = architecture.shapes()
     params: Params = {}
     try:
         with h5py.File(path, "r") as f:
@@ -442,7 +524,7 @@ def read_keras_h5(path: Path) -> Params:
                     raise SemfuseError(f"weights {path}: Keras layer {name} is not kernel + bias")
                 kernel, bias = sorted(datasets, key=lambda d: -d.ndim)
                 for part, dataset, shape in zip(
-                    ("kernel", "bias"), (kernel, bias), PARAM_SHAPES[layer], strict=True
+                    ("kernel", "bias"), (kernel, bias), shapes[layer], strict=True
                 ):
                     if dataset.shape != shape:
                         raise SemfuseError(
@@ -458,7 +540,7 @@ def read_keras_h5(path: Path) -> Params:
                 params[layer] = {"kernel": np.asarray(kernel), "bias": np.asarray(bias)}
     except (OSError, KeyError, ValueError, TypeError, RuntimeError) as exc:
         raise SemfuseError(f"weights {path}: unreadable HDF5 file ({exc})") from None
-    return validate_params(params, str(path))
+    return validate_params(params, str(path), architecture)
 
 
 # ----------------------------------------------------------------------------- canonical file
@@ -473,8 +555,10 @@ def save_canonical(
     extra: Mapping[str, str] | None = None,
 ) -> None:
     """Write params + preprocessing + digests (+ ``extra`` metadata) as one safetensors file,
-    atomically."""
-    params = validate_params(params, source)
+    atomically. The widths are the params' (recorded in the metadata when not
+    :data:`STANDARD`'s)."""
+    architecture = Architecture.of(params)
+    params = validate_params(params, source, architecture)
     tensors = {f"{layer}.{part}": v for layer, p in params.items() for part, v in p.items()}
     metadata = {
         "format": FORMAT,
@@ -483,6 +567,7 @@ def save_canonical(
         "content_sha256": content_digest(params, PARAM_LAYERS),
         "source": source,
         "source_sha256": source_sha256,
+        **({} if architecture == STANDARD else {"architecture": architecture.to_json()}),
         **(extra or {}),
     }
     write_safetensors(path, tensors, metadata)
@@ -510,12 +595,14 @@ def resolve_path(path: str | os.PathLike[str] | None = None) -> Path:
 
 
 def read_any(
-    path: Path, expected_sha256: str | None = None
+    path: Path, expected_sha256: str | None = None, architecture: Architecture | None = None
 ) -> tuple[Params, Preprocessing, dict[str, str]]:
     """Read and convert any supported weights file.
 
     The format is detected from the content. Files whose name matches a manifest entry are checked
-    against its pinned digests; canonical files against their embedded content digest.
+    against its pinned digests; canonical files against their embedded content digest. Shapes are
+    checked against ``architecture``: a canonical file's own (which a given one must equal), else
+    :data:`STANDARD` unless one is given.
 
     Returns:
       ``(params, preprocessing, info)`` with ``info`` holding ``format``, ``source`` and
@@ -534,11 +621,12 @@ def read_any(
         if entry.get("filename") == path.name:
             verify_known_source(path, entry, digests)
     info = {"source": path.name, "source_sha256": digests["sha256"]}
+    declared = architecture or STANDARD
     if head.startswith(_HDF5_MAGIC):
-        return read_keras_h5(path), CAFFE_PREPROCESSING, {**info, "format": "keras-h5"}
+        return read_keras_h5(path, declared), CAFFE_PREPROCESSING, {**info, "format": "keras-h5"}
     if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
         return (
-            from_torchvision(torch_file.load_state_dict(path), str(path)),
+            from_torchvision(torch_file.load_state_dict(path), str(path), declared),
             TORCHVISION_PREPROCESSING,
             {
                 **info,
@@ -548,11 +636,20 @@ def read_any(
     if is_safetensors(head):
         tensors, meta = read_safetensors(path)
         if meta.get("format") == FORMAT:
+            own = (
+                Architecture.from_json(meta["architecture"], str(path))
+                if "architecture" in meta
+                else STANDARD
+            )
+            if architecture is not None and architecture != own:
+                raise SemfuseError(
+                    f"weights {path}: the file holds a VGG19 of {own}, not the given {architecture}"
+                )
             params: Params = {}
             for key, value in tensors.items():
                 layer, _, part = key.partition(".")
                 params.setdefault(layer, {})[part] = value
-            params = validate_params(params, str(path))
+            params = validate_params(params, str(path), own)
             if content_digest(params, PARAM_LAYERS) != meta.get("content_sha256"):
                 raise SemfuseError(
                     f"weights {path}: tensor contents do not match the file's content_sha256; "
@@ -571,7 +668,7 @@ def read_any(
                 },
             )
         return (
-            from_timm(tensors, str(path)),
+            from_timm(tensors, str(path), declared),
             TORCHVISION_PREPROCESSING,
             {**info, "format": "timm-safetensors"},
         )
@@ -584,6 +681,7 @@ def load_weights(
     path: str | os.PathLike[str] | None = None,
     outputs: tuple[str, ...] | None = None,
     expected_sha256: str | None = None,
+    architecture: Architecture | None = None,
 ) -> Weights:
     """Load VGG19 weights (any supported format) as device arrays.
 
@@ -592,9 +690,11 @@ def load_weights(
       outputs: if given, fail now, with the missing layers named, unless these outputs can be
         computed.
       expected_sha256: if given, the file's SHA-256 must match.
+      architecture: the widths a torchvision, timm or Keras file holds, if not ImageNet
+        VGG19's (a canonical file records its own; see :func:`read_any`).
     """
     resolved = resolve_path(path)
-    params, prep, _ = read_any(resolved, expected_sha256)
+    params, prep, _ = read_any(resolved, expected_sha256, architecture)
     weights = Weights(
         params=jax.tree.map(jnp.asarray, params), preprocessing=prep, source=str(resolved)
     )
@@ -604,17 +704,21 @@ def load_weights(
 
 
 def convert(
-    src: str | os.PathLike[str], out: str | os.PathLike[str], overwrite: bool = False
+    src: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    overwrite: bool = False,
+    architecture: Architecture | None = None,
 ) -> dict[str, str]:
     """Convert any supported weights file to the canonical safetensors file; returns its info.
 
-    ``out`` must not be ``src``, and must not exist unless ``overwrite``.
+    ``out`` must not be ``src``, and must not exist unless ``overwrite``; ``architecture`` as in
+    :func:`read_any`.
     """
     src_path = Path(src)
     if not src_path.is_file():
         raise SemfuseError(f"weights file {src_path} does not exist")
     files.check_outputs([out], [src_path], overwrite)
-    params, prep, info = read_any(src_path)
+    params, prep, info = read_any(src_path, architecture=architecture)
     save_canonical(out, params, prep, info["source"], info["source_sha256"])
     return describe(Path(out))
 
@@ -631,6 +735,7 @@ def describe(path: str | os.PathLike[str]) -> dict[str, str]:
         "layers": ",".join(layer for layer in PARAM_LAYERS if layer in params),
         "missing": ",".join(layer for layer in PARAM_LAYERS if layer not in params),
         "preprocessing": prep.to_json(),
+        "architecture": Architecture.of(params).to_json(),
         "file_sha256": file_digests(path)["sha256"],
         "content_sha256": content_digest(params, PARAM_LAYERS),
         "source": info["source"],
