@@ -33,6 +33,11 @@ try:  # torch is the independent reference of the cross-checks; the other tests 
 except ImportError:
     torch = None
 needs_torch = pytest.mark.skipif(torch is None, reason="needs torch (the reference)")
+if torch is not None and os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    # The test workers share the cores: torch threads per worker, not per core (oversubscribed,
+    # the float64 and Score-CAM references run several times slower).
+    workers = int(os.environ["PYTEST_XDIST_WORKER_COUNT"])
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
 
 
 def _shared_dir(variable: str, default: Path) -> Path:
