@@ -144,7 +144,6 @@ class Architecture:
 
 
 STANDARD = Architecture()
-WIDTHS: tuple[int, ...] = STANDARD.widths
 
 
 def _output_plan() -> tuple[tuple[str, tuple[str, ...]], ...]:
